@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# One-time (idempotent) setup of a Debian 12 host for vz-linux: system packages
+# through apt (with arm64 multiarch + deb-src for the crun source package) and
+# the Python environment in .venv/ at the checkout root.
+set -euo pipefail
+top="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$top"
+
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+
+APT_PACKAGES=(
+  # kernel build
+  build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils zstd kmod
+  linux-source-6.1 gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu
+  # guest userland
+  busybox-static file dpkg-dev pkg-config autoconf automake libtool
+  libyajl-dev libseccomp-dev libcap-dev libgcrypt20-dev libgpg-error-dev
+  # fuzzing the agent's frame decoder (libFuzzer)
+  clang-14 libclang-rt-14-dev
+  # booting
+  qemu-system-x86 qemu-system-arm qemu-utils
+  # OCI image layouts for tests/benchmarks
+  umoci
+  python3-venv
+)
+
+need_update=0
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+  $SUDO dpkg --add-architecture arm64
+  need_update=1
+fi
+src_list=/etc/apt/sources.list.d/vz-linux-deb-src.sources
+if [ ! -f "$src_list" ]; then
+  $SUDO tee "$src_list" >/dev/null <<'SRC'
+Types: deb-src
+URIs: http://deb.debian.org/debian
+Suites: bookworm bookworm-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+  need_update=1
+fi
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  [ "$need_update" -eq 0 ] || true
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+# Python environment: locked dependencies, the package installed editable.
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+stamp=.venv/.vz-linux-lock.sha256
+want="$(sha256sum requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1)"
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -r requirements.lock
+  .venv/bin/pip install -q --no-deps -e .
+  echo "$want" > "$stamp"
+fi

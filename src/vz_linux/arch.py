@@ -1,0 +1,58 @@
+"""Guest architectures and everything that differs between them."""
+
+from __future__ import annotations
+
+import enum
+import platform
+
+from .errors import InvalidConfigError
+
+
+class Architecture(enum.StrEnum):
+    x86_64 = "x86_64"
+    arm64 = "arm64"
+
+    @classmethod
+    def parse(cls, name: str) -> Architecture:
+        aliases = {"amd64": "x86_64", "x86-64": "x86_64", "aarch64": "arm64"}
+        name = aliases.get(name, name)
+        try:
+            return cls(name)
+        except ValueError:
+            raise InvalidConfigError(
+                f"unknown architecture {name!r}; valid: {', '.join(a.value for a in cls)}"
+            ) from None
+
+    @classmethod
+    def host(cls) -> Architecture:
+        return cls.parse(platform.machine())
+
+    @property
+    def kernel_arch(self) -> str:
+        """Value of the kernel's ARCH= (and SRCARCH)."""
+        return {Architecture.x86_64: "x86", Architecture.arm64: "arm64"}[self]
+
+    @property
+    def gnu_triplet(self) -> str:
+        return {Architecture.x86_64: "x86_64-linux-gnu", Architecture.arm64: "aarch64-linux-gnu"}[self]
+
+    @property
+    def debian_arch(self) -> str:
+        return {Architecture.x86_64: "amd64", Architecture.arm64: "arm64"}[self]
+
+    @property
+    def uname_machine(self) -> str:
+        return {Architecture.x86_64: "x86_64", Architecture.arm64: "aarch64"}[self]
+
+    def cross_compile_prefix(self) -> str:
+        """CROSS_COMPILE= for building on this host ("" when native)."""
+        return "" if self is Architecture.host() else f"{self.gnu_triplet}-"
+
+    @property
+    def kernel_image_path(self) -> str:
+        """Path of the bundle's ``vmlinux`` inside the kernel build dir (SPEC §1)."""
+        return {Architecture.x86_64: "vmlinux", Architecture.arm64: "arch/arm64/boot/Image"}[self]
+
+    @property
+    def qemu_binary(self) -> str:
+        return {Architecture.x86_64: "qemu-system-x86_64", Architecture.arm64: "qemu-system-aarch64"}[self]

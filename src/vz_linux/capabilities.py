@@ -1,0 +1,125 @@
+"""The capability registry (SPEC §2): capability -> Kconfig symbols that must hold -> live probe.
+
+Capabilities are *derived* from the resolved ``.config`` through this one table; nothing declares
+them by hand. Each capability also has a probe the guest agent runs to prove it live.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from .arch import Architecture
+from .dotconfig import ConfigLine, is_enabled, value
+from .profiles import KernelCapability
+
+# A requirement is a conjunction of alternatives: every group must have one enabled symbol.
+Requirement = tuple[tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class CapabilitySpec:
+    capability: KernelCapability
+    symbols: Requirement
+    # Per-arch extra groups (e.g. nested_virt on x86_64 needs KVM_INTEL or KVM_AMD).
+    arch_symbols: Mapping[Architecture, Requirement] = field(default_factory=dict)
+    # Shell snippet run by the guest agent's probe (BusyBox sh). Exit 0 = present; output = evidence.
+    probe: str = ""
+
+    def requirement(self, arch: Architecture) -> Requirement:
+        return self.symbols + tuple(self.arch_symbols.get(arch, ()))
+
+
+def _all(*symbols: str) -> Requirement:
+    return tuple((s,) for s in symbols)
+
+
+C = KernelCapability
+REGISTRY: dict[KernelCapability, CapabilitySpec] = {
+    spec.capability: spec
+    for spec in (
+        CapabilitySpec(C.vsock, _all("VSOCKETS", "VIRTIO_VSOCKETS"),
+                       probe="test -c /dev/vsock && echo /dev/vsock present"),
+        CapabilitySpec(C.virtiofs, _all("FUSE_FS", "VIRTIO_FS"),
+                       probe="grep -w virtiofs /proc/filesystems"),
+        CapabilitySpec(C.hvc0_serial, _all("VIRTIO_CONSOLE", "HVC_DRIVER"),
+                       probe="grep -E '^(hvc|virtio)' /proc/tty/drivers || ls /sys/bus/virtio/drivers/virtio_console"),
+        CapabilitySpec(C.ext4_root, _all("EXT4_FS", "BLOCK", "VIRTIO_BLK"),
+                       probe="grep -w ext4 /proc/filesystems && ls -d /sys/bus/virtio/drivers/virtio_blk"),
+        CapabilitySpec(C.overlayfs, _all("OVERLAY_FS"),
+                       probe="grep -w overlay /proc/filesystems"),
+        CapabilitySpec(C.netns, _all("NET_NS"),
+                       probe="unshare -n ip link show lo"),
+        CapabilitySpec(C.seccomp, _all("SECCOMP", "SECCOMP_FILTER"),
+                       probe="cat /proc/sys/kernel/seccomp/actions_avail"),
+        CapabilitySpec(C.io_uring, _all("IO_URING"),
+                       probe="/sbin/vz-agent --probe io_uring"),
+        CapabilitySpec(C.nested_virt, _all("KVM"),
+                       arch_symbols={Architecture.x86_64: (("KVM_INTEL", "KVM_AMD"),)},
+                       probe="test -c /dev/kvm && echo /dev/kvm present"),
+        CapabilitySpec(C.tun, _all("TUN"),
+                       probe="test -c /dev/net/tun && echo /dev/net/tun present"),
+        CapabilitySpec(C.btrfs_snapshots, _all("BTRFS_FS"),
+                       probe="grep -w btrfs /proc/filesystems"),
+        CapabilitySpec(C.nfsd, _all("NFSD", "NFSD_V4"),
+                       probe="grep -w nfsd /proc/filesystems"),
+        # Symbols come from the container profile's exclusion lines (see container_sandbox_holds).
+        CapabilitySpec(C.container_sandbox, (),
+                       probe=("! test -e /proc/config.gz && ! test -e /dev/kvm && ! test -e /dev/net/tun"
+                              " && ! grep -qwE 'nfs|nfs4|cifs|9p|squashfs|vfat' /proc/filesystems"
+                              " && ! test -e /proc/sys/kernel/bpf_stats_enabled"
+                              " && echo 'no config.gz, kvm, tun, nfs/cifs/9p/squashfs/vfat, bpf'")),
+    )
+}
+
+
+def unmet_groups(spec: CapabilitySpec, config: Mapping[str, str], arch: Architecture) -> list[tuple[str, ...]]:
+    return [group for group in spec.requirement(arch) if not any(is_enabled(dict(config), s) for s in group)]
+
+
+def container_sandbox_violations(config: Mapping[str, str], exclusions: Iterable[ConfigLine]) -> list[ConfigLine]:
+    """Exclusion lines (``=n`` / "is not set") of the container profile that do not hold."""
+    cfg = dict(config)
+    return [line for line in exclusions if line.value == "n" and is_enabled(cfg, line.symbol)]
+
+
+def derive_capabilities(
+    config: Mapping[str, str],
+    arch: Architecture,
+    container_exclusions: Iterable[ConfigLine] = (),
+) -> frozenset[KernelCapability]:
+    """Capabilities the resolved config provides.
+
+    ``container_exclusions`` are the "off" lines of the container profile's fragments; without
+    them ``container_sandbox`` cannot be claimed.
+    """
+    exclusions = [line for line in container_exclusions if line.value == "n"]
+    out: set[KernelCapability] = set()
+    for cap, spec in REGISTRY.items():
+        if cap is C.container_sandbox:
+            if exclusions and not container_sandbox_violations(config, exclusions):
+                out.add(cap)
+        elif not unmet_groups(spec, config, arch):
+            out.add(cap)
+    return frozenset(out)
+
+
+def explain_missing(
+    missing: Iterable[KernelCapability],
+    config: Mapping[str, str],
+    arch: Architecture,
+    container_exclusions: Iterable[ConfigLine] = (),
+) -> list[str]:
+    """One human line per missing capability naming the symbols behind it."""
+    lines: list[str] = []
+    for cap in sorted(missing):
+        spec = REGISTRY[cap]
+        if cap is C.container_sandbox:
+            bad = container_sandbox_violations(config, container_exclusions)
+            names = ", ".join(f"CONFIG_{b.symbol}={value(dict(config), b.symbol)}" for b in bad) or "no exclusions given"
+            lines.append(f"{cap}: exclusions do not hold: {names}")
+        else:
+            groups = unmet_groups(spec, config, arch)
+            text = ", ".join(" or ".join(f"CONFIG_{s}" for s in g) + " is n" for g in groups)
+            lines.append(f"{cap}: {text}")
+    return lines

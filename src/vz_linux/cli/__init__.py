@@ -1,0 +1,1 @@
+"""Command-line shims over the :mod:`vz_linux` library. No logic lives here beyond parsing."""

@@ -1,0 +1,64 @@
+"""What every console script shares: logging setup, signal handling, and the one error handler."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import NoReturn
+
+import click
+from rich.console import Console
+
+from ..errors import VzLinuxError
+
+err_console = Console(stderr=True, highlight=False)
+out_console = Console(highlight=False)
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM/SIGHUP become KeyboardInterrupt so every ExitStack unwinds (VMs stopped, temp dirs gone).
+    raise KeyboardInterrupt
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_cli(command: click.Command, prog: str, args: list[str] | None = None) -> NoReturn:
+    """Run a click command; expected failures print one line and exit with their own code."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGHUP, _raise_interrupt)
+    try:
+        rv = command.main(args=args, prog_name=prog, standalone_mode=False)
+    except VzLinuxError as e:
+        err_console.print(f"{prog}: error: {e.one_line()}", markup=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        err_console.print(f"{prog}: interrupted", markup=False)
+        sys.exit(EXIT_INTERRUPTED)
+    except KeyboardInterrupt:
+        err_console.print(f"{prog}: interrupted", markup=False)
+        sys.exit(EXIT_INTERRUPTED)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(EXIT_USAGE if isinstance(e, click.UsageError) else e.exit_code)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def entry_point(command: click.Command, prog: str) -> Callable[[], NoReturn]:
+    def main() -> NoReturn:
+        run_cli(command, prog)
+
+    return main

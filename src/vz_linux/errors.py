@@ -1,0 +1,166 @@
+"""The one error hierarchy of vz-linux.
+
+Every expected failure is a subclass of :class:`VzLinuxError` carrying a distinct
+``exit_code`` and a message that says what went wrong and what to do next. The
+library raises them; only the CLI turns them into one line on stderr and an exit
+code. Anything else that escapes is a bug and is shown with its traceback.
+"""
+
+from __future__ import annotations
+
+
+class VzLinuxError(Exception):
+    """Base class. ``exit_code`` is what the CLI exits with."""
+
+    exit_code: int = 1
+    hint: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+    def one_line(self) -> str:
+        msg = str(self)
+        return f"{msg} ({self.hint})" if self.hint else msg
+
+
+# --- bundle / selection (SPEC §4) -------------------------------------------------------------
+class MissingArtifactsError(VzLinuxError):
+    exit_code = 10
+
+
+class AgentVersionMismatchError(VzLinuxError):
+    exit_code = 11
+
+
+class ProtocolRevisionMissingError(VzLinuxError):
+    exit_code = 12
+
+
+class ProtocolRevisionMismatchError(VzLinuxError):
+    exit_code = 13
+
+
+class ChecksumMismatchError(VzLinuxError):
+    exit_code = 14
+
+
+class MissingCapabilitiesError(VzLinuxError):
+    exit_code = 15
+
+
+class ProfileMismatchError(VzLinuxError):
+    exit_code = 16
+
+
+class NoHomeDirectoryError(VzLinuxError):
+    exit_code = 17
+
+
+class InvalidConfigError(VzLinuxError):
+    """Bad user input: unknown profile/capability/arch name, malformed metadata, bad option."""
+
+    exit_code = 18
+
+
+class InvalidMetadataError(InvalidConfigError):
+    """version.json missing fields, wrong types, not JSON."""
+
+    exit_code = 19
+
+
+class UnsafeBundleError(VzLinuxError):
+    """A bundle file is a symlink, device or other non-regular file."""
+
+    exit_code = 20
+
+
+class InstallError(VzLinuxError):
+    """The install directory cannot be created or written."""
+
+    exit_code = 21
+
+
+# --- build (SPEC §3) --------------------------------------------------------------------------
+class KernelSourceError(VzLinuxError):
+    exit_code = 30
+
+
+class KconfigCheckError(VzLinuxError):
+    """A fragment line did not hold after olddefconfig (and is not allow-listed)."""
+
+    exit_code = 31
+
+
+class CapabilityContractError(VzLinuxError):
+    """The derived capabilities miss the profile's contract."""
+
+    exit_code = 32
+
+
+class BuildError(VzLinuxError):
+    exit_code = 33
+
+
+class ToolMissingError(VzLinuxError):
+    """A required host program is not installed."""
+
+    exit_code = 34
+
+
+class CommandFailedError(VzLinuxError):
+    """An external command exited non-zero (or was killed)."""
+
+    exit_code = 35
+
+
+# --- guest / VM (SPEC §5, §6) -----------------------------------------------------------------
+class AgentError(VzLinuxError):
+    """The guest agent replied with an error, or the channel broke."""
+
+    exit_code = 40
+
+
+class AgentTimeoutError(AgentError):
+    exit_code = 41
+
+
+class VmError(VzLinuxError):
+    exit_code = 42
+
+
+class GuestBootError(VmError):
+    """The guest panicked, hung or exited before the agent answered."""
+
+    exit_code = 43
+
+
+class CapabilityProbeError(VmError):
+    """A declared capability failed its live probe in the guest."""
+
+    exit_code = 44
+
+
+# --- OCI (SPEC §7) ----------------------------------------------------------------------------
+class OciError(VzLinuxError):
+    exit_code = 50
+
+
+class ImageError(OciError):
+    exit_code = 51
+
+
+class ContainerStateError(OciError):
+    exit_code = 52
+
+
+def all_error_classes() -> list[type[VzLinuxError]]:
+    """Every concrete error class (used by a test that checks exit codes are distinct)."""
+    out: list[type[VzLinuxError]] = []
+    todo: list[type[VzLinuxError]] = [VzLinuxError]
+    while todo:
+        cls = todo.pop()
+        out.append(cls)
+        todo.extend(cls.__subclasses__())
+    return out

@@ -1,0 +1,93 @@
+"""The one place that knows the bundle layout (SPEC §1) and where bundles live by default."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .arch import Architecture
+from .errors import NoHomeDirectoryError
+from .profiles import KernelProfile
+
+KERNEL = "vmlinux"
+INITRAMFS = "initramfs.img"
+METADATA = "version.json"
+OCI_RUNTIME = "crun"  # SPEC §1: the file is named after the runtime
+# Files that are checksummed and installed, in install order (metadata last: its presence marks
+# a complete bundle for readers that do not go through the atomic directory swap).
+ARTIFACTS: tuple[str, ...] = (KERNEL, INITRAMFS, OCI_RUNTIME)
+BUNDLE_FILES: tuple[str, ...] = (*ARTIFACTS, METADATA)
+
+
+@dataclass(frozen=True)
+class BundlePaths:
+    root: Path
+
+    @property
+    def kernel(self) -> Path:
+        return self.root / KERNEL
+
+    @property
+    def initramfs(self) -> Path:
+        return self.root / INITRAMFS
+
+    @property
+    def oci_runtime(self) -> Path:
+        return self.root / OCI_RUNTIME
+
+    @property
+    def metadata(self) -> Path:
+        return self.root / METADATA
+
+
+def source_checkout() -> Path | None:
+    """The source checkout this package runs from, if any (has linux/ next to src/)."""
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "linux").is_dir() and (parent / "pyproject.toml").is_file():
+            return parent
+    return None
+
+
+def default_out_root() -> Path:
+    top = source_checkout()
+    return (top if top is not None else Path.cwd()) / "linux" / "out"
+
+
+def default_bundle_dir(profile: KernelProfile, arch: Architecture | None = None,
+                       out_root: Path | None = None) -> Path:
+    """linux/out/ (developer), linux/out/container/; another arch: linux/out/<arch>/[container/]."""
+    root = out_root if out_root is not None else default_out_root()
+    arch = arch or Architecture.host()
+    if arch is not Architecture.host():
+        root = root / arch.value
+    return root / profile.bundle_subdir if profile.bundle_subdir else root
+
+
+def home_dir() -> Path:
+    home = os.environ.get("HOME")
+    if not home:
+        raise NoHomeDirectoryError(
+            "$HOME is not set, so the default install dir ~/.vz/linux cannot be found",
+            hint="set HOME or pass an explicit install dir",
+        )
+    return Path(home)
+
+
+def default_install_root() -> Path:
+    return home_dir() / ".vz" / "linux"
+
+
+def default_install_dir(profile: KernelProfile) -> Path:
+    return default_install_root() / profile.value
+
+
+def cache_root() -> Path:
+    """Build cache outside the checkout: $VZ_LINUX_CACHE_DIR, else $XDG_CACHE_HOME/vz-linux."""
+    env = os.environ.get("VZ_LINUX_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else home_dir() / ".cache"
+    return base / "vz-linux"
