@@ -2,7 +2,7 @@
 
 One pydantic model is the single declaration: validation of untrusted files, the constructor the
 build uses, the serialisation and the published schema (``schemas/version.schema.json``, regenerated
-with ``python -m vz_linux.metadata --schema > schemas/version.schema.json``; a test fails on drift).
+with ``scripts/gen-version-schema``; a test fails on drift).
 
 Seed-format files (``youki`` / ``sha256_youki``, no ``schema_version``) still read: they are
 migrated on load to ``schema_version`` 1 with ``oci_runtime`` = youki and ``arch`` = arm64 (the
@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
@@ -79,7 +78,7 @@ class OciRuntimeInfo(_Model):
 class KernelSourceInfo(_Model):
     kind: Literal["debian-package", "tarball", "tree"]
     version: StrictStr  # exact version, e.g. Debian's "6.1.158-1"
-    sha256: StrictStr  # of the package/tarball; for a tree, of whatever identity the build computed
+    sha256: StrictStr | None = None  # of the package/tarball; None for an existing tree
     origin: StrictStr  # package name, path or URL the source came from
 
 
@@ -302,15 +301,3 @@ def json_schema() -> dict[str, Any]:
 
 def schema_text() -> str:
     return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
-
-
-def _main(argv: list[str]) -> int:
-    if argv == ["--schema"]:
-        sys.stdout.write(schema_text())
-        return 0
-    sys.stderr.write("usage: python -m vz_linux.metadata --schema > schemas/version.schema.json\n")
-    return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main(sys.argv[1:]))
