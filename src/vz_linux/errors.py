@@ -155,6 +155,24 @@ class ContainerStateError(OciError):
     exit_code = 52
 
 
+class VolumeError(OciError):
+    """A ``-v HOST:GUEST[:ro]`` volume is malformed or its host source does not exist."""
+
+    exit_code = 53
+
+
+class DiskImageError(OciError):
+    """A VM disk image exists with the wrong size (``vz vm linux init`` without ``--force``)."""
+
+    exit_code = 54
+
+
+class CommandNotFoundError(OciError):
+    """The container's command is not in the image: the shell's (and OCI runtimes') 127."""
+
+    exit_code = 127
+
+
 def all_error_classes() -> list[type[VzLinuxError]]:
     """Every concrete error class (used by a test that checks exit codes are distinct)."""
     out: list[type[VzLinuxError]] = []
