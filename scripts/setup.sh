@@ -13,6 +13,8 @@ APT_PACKAGES=(
   # kernel build
   build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils zstd kmod
   linux-source-6.1 gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu
+  # aarch64 static links (crun, agent) need the cross libc.a
+  libc6-dev-arm64-cross
   # guest userland
   busybox-static file dpkg-dev pkg-config autoconf automake libtool
   libyajl-dev libseccomp-dev libcap-dev libgcrypt20-dev libgpg-error-dev
