@@ -18,6 +18,9 @@ OCI_RUNTIME = "crun"  # SPEC §1: the file is named after the runtime
 # a complete bundle for readers that do not go through the atomic directory swap).
 ARTIFACTS: tuple[str, ...] = (KERNEL, INITRAMFS, OCI_RUNTIME)
 BUNDLE_FILES: tuple[str, ...] = (*ARTIFACTS, METADATA)
+# Written by install.py inside an installed bundle: the size/inode/ctime/sha256 of every file as
+# installed, so "already installed and intact" is a stat() comparison instead of a re-hash.
+INSTALL_RECORD = ".vz-install.json"
 
 
 @dataclass(frozen=True)

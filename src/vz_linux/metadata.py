@@ -161,11 +161,12 @@ class BundleMetadata(BaseModel):
             missing = [f for f in _NEW_FORMAT_FIELDS if getattr(self, f) is None]
             if missing:
                 raise ValueError(f"schema_version {self.schema_version} requires {', '.join(missing)}")
-        if self.oci_runtime.name in (layout.KERNEL, layout.INITRAMFS, layout.METADATA):
+        if self.oci_runtime.name in (layout.KERNEL, layout.INITRAMFS, layout.METADATA, layout.INSTALL_RECORD):
             raise ValueError(f"oci_runtime.name {self.oci_runtime.name!r} collides with a bundle file")
         if self.files is not None:
-            if layout.METADATA in self.files:
-                raise ValueError(f"files must not list {layout.METADATA} (it cannot hash itself)")
+            for reserved in (layout.METADATA, layout.INSTALL_RECORD):
+                if reserved in self.files:
+                    raise ValueError(f"files must not list {reserved} (not a bundle artifact)")
             expected = self._primary_checksums()
             for name, sha in expected.items():
                 info = self.files.get(name)

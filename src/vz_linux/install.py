@@ -1,0 +1,439 @@
+"""Atomic, concurrency-safe installs of a bundle into an install dir (SPEC §4).
+
+How an install happens (under ``.<name>.lock``, a ``filelock`` flock beside the install dir):
+
+1. every artifact is copied into a fresh temp dir *beside* the install dir (same filesystem),
+   hashed while it is copied (so what was written is what was checked), fsynced;
+   ``version.json`` (the source's exact bytes) and the install record follow; the dir is fsynced;
+2. the temp dir is swapped with the install dir in one ``renameat2(RENAME_EXCHANGE)``
+   (or ``rename`` when there is no previous install), the parent dir is fsynced;
+3. the old install, now at the temp name, is deleted.
+
+A SIGKILL before step 2 leaves the previous install untouched (plus a stale temp dir the next
+install removes); after it, the new install is complete. Readers never see a mixture: the
+install dir is replaced as a whole, and the fast check reads it through one directory fd.
+
+The fast "already installed and intact" check trusts the install record (``layout.INSTALL_RECORD``):
+it compares the installed ``version.json`` with the record's hash, and every artifact's inode,
+size, mtime and ctime with what was recorded right after the install hashed it. Any write,
+truncate, chmod, rename-over or replace changes ctime or the inode, so ordinary corruption falls
+back to a full re-hash; only someone able to reset ctime (i.e. change the clock as root) could
+fool it. ``vz-linux verify`` never uses the record: it always re-hashes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import filelock
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
+
+from . import layout
+from .bundle import (
+    KernelBundle,
+    bundle_from_metadata,
+    check_artifacts_present,
+    check_regular,
+    check_selection,
+    validate_bundle,
+)
+from .errors import ChecksumMismatchError, InstallError, InvalidMetadataError, MissingArtifactsError
+from .hashing import sha256_bytes
+from .metadata import BundleMetadata, fsync_dir, write_atomic
+from .profiles import KernelCapability, KernelProfile
+
+LOCK_TIMEOUT_S = 600.0
+_CHUNK = 1 << 20
+_RENAME_EXCHANGE = 2
+# Test-only hook: when set, an install writes this file (containing its pid) at the stage named by
+# VZ_LINUX_TEST_PAUSE_STAGE ("copying": after the first artifact, default; "swapped": after the
+# directory swap, before the old install is deleted) and then sleeps until killed.
+TEST_PAUSE_ENV = "VZ_LINUX_TEST_PAUSE_INSTALL"
+TEST_PAUSE_STAGE_ENV = "VZ_LINUX_TEST_PAUSE_STAGE"
+
+
+class _Stamp(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    sha256: StrictStr
+    size: StrictInt
+    ino: StrictInt
+    dev: StrictInt
+    mtime_ns: StrictInt
+    ctime_ns: StrictInt
+
+    @classmethod
+    def of(cls, st: os.stat_result, sha256: str) -> _Stamp:
+        return cls(sha256=sha256, size=st.st_size, ino=st.st_ino, dev=st.st_dev,
+                   mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns)
+
+    def matches(self, st: os.stat_result) -> bool:
+        return (self.size, self.ino, self.dev, self.mtime_ns, self.ctime_ns) == (
+            st.st_size, st.st_ino, st.st_dev, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class InstallRecord(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    metadata_sha256: StrictStr
+    source: StrictStr
+    files: dict[str, _Stamp]
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """An installed bundle whose files match its install record (read through one dir fd)."""
+
+    metadata: BundleMetadata
+    metadata_sha256: str
+    sizes: dict[str, int]
+
+
+# --- the fast check ---------------------------------------------------------------------------
+def _read_at(dir_fd: int, name: str) -> bytes:
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{name} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
+def _snapshot(install_dir: Path) -> _Snapshot | None:
+    """The intact installed bundle per its record, or None (absent, no record, anything differs)."""
+    try:
+        dir_fd = os.open(install_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        meta_bytes = _read_at(dir_fd, layout.METADATA)
+        record = InstallRecord.model_validate_json(_read_at(dir_fd, layout.INSTALL_RECORD))
+        meta_sha = sha256_bytes(meta_bytes)
+        if record.metadata_sha256 != meta_sha:
+            return None
+        metadata = BundleMetadata.parse_text(meta_bytes.decode(), str(install_dir / layout.METADATA))
+        expected = metadata.artifact_checksums()
+        if set(record.files) != set(expected):
+            return None
+        sizes: dict[str, int] = {}
+        for name, sha in expected.items():
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            stamp = record.files[name]
+            if not stat.S_ISREG(st.st_mode) or stamp.sha256 != sha or not stamp.matches(st):
+                return None
+            sizes[name] = st.st_size
+        return _Snapshot(metadata, meta_sha, sizes)
+    except (OSError, ValueError, UnicodeDecodeError, ValidationError, InvalidMetadataError):
+        return None  # the slow path re-validates and reports the real problem
+    finally:
+        os.close(dir_fd)
+
+
+# --- locking ------------------------------------------------------------------------------------
+def _writable_parent(install_dir: Path) -> Path:
+    parent = install_dir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InstallError(
+            f"cannot create install dir {parent}: {e.strerror or e}",
+            hint="pass --install-dir (install_dir=) pointing at a writable directory",
+        ) from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InstallError(
+            f"install dir {parent} is not writable",
+            hint="pass --install-dir (install_dir=) pointing at a writable directory",
+        )
+    return parent
+
+
+@contextlib.contextmanager
+def install_lock(install_dir: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Exclusive lock for installs into ``install_dir`` (released by the kernel if we die)."""
+    parent = _writable_parent(install_dir)
+    lock = filelock.FileLock(str(parent / f".{install_dir.name}.lock"), timeout=timeout)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise InstallError(
+            f"another install into {install_dir} has held its lock for {timeout:.0f}s",
+            hint="wait for it to finish, or remove the stale process",
+        ) from None
+    except OSError as e:
+        raise InstallError(
+            f"cannot lock install dir {install_dir}: {e.strerror or e}",
+            hint="pass --install-dir (install_dir=) pointing at a writable directory",
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+# --- the install ----------------------------------------------------------------------------------
+def _test_pause(stage: str) -> None:
+    marker = os.environ.get(TEST_PAUSE_ENV)
+    if not marker or os.environ.get(TEST_PAUSE_STAGE_ENV, "copying") != stage:
+        return
+    Path(marker).write_text(f"{os.getpid()}\n")
+    while True:  # the test SIGKILLs us here
+        time.sleep(3600)
+
+
+def _copy_hashed(src: Path, dst: Path) -> str:
+    """Copy src to a new file dst (mode preserved, fsynced); returns the sha256 of what was copied."""
+    h = hashlib.sha256()
+    sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(sfd)
+        if not stat.S_ISREG(st.st_mode):
+            check_regular(src)  # raises UnsafeBundleError with the right wording
+        dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, stat.S_IMODE(st.st_mode) & 0o755)
+        try:
+            while chunk := os.read(sfd, _CHUNK):
+                h.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(dfd, view):]
+            os.fchmod(dfd, stat.S_IMODE(st.st_mode) & 0o755 | 0o400)
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            check_regular(src)
+        raise
+    finally:
+        os.close(sfd)
+    return h.hexdigest()
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    with open(path, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(path, 0o644)
+
+
+_libc: ctypes.CDLL | None = None
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Atomically swap two directory entries (Linux renameat2 RENAME_EXCHANGE)."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    at_fdcwd = -100
+    rc = _libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(a))
+
+
+def _swap_in(tmp: Path, install_dir: Path) -> None:
+    """Make ``tmp`` the install dir; the previous install (if any) ends up at ``tmp``."""
+    if install_dir.is_symlink() or (install_dir.exists() and not install_dir.is_dir()):
+        raise InstallError(
+            f"install dir {install_dir} exists and is not a directory",
+            hint="remove it or pass another --install-dir",
+        )
+    if not install_dir.exists():
+        os.rename(tmp, install_dir)
+        return
+    try:
+        _exchange(tmp, install_dir)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+            raise
+        # No RENAME_EXCHANGE on this filesystem: two renames; _recover() repairs the gap after a crash.
+        old = tmp.with_name(tmp.name.replace(".install-", ".old-"))
+        os.rename(install_dir, old)
+        os.rename(tmp, install_dir)
+        os.rename(old, tmp)
+
+
+def _stale_prefixes(install_dir: Path) -> tuple[str, str]:
+    return f".{install_dir.name}.install-", f".{install_dir.name}.old-"
+
+
+def _recover(install_dir: Path) -> None:
+    """Under the lock: undo a crashed fallback swap, delete temp dirs of crashed installs."""
+    install_prefix, old_prefix = _stale_prefixes(install_dir)
+    parent = install_dir.parent
+    entries = sorted(parent.iterdir()) if parent.is_dir() else []
+    if not install_dir.exists():
+        for entry in entries:
+            if entry.name.startswith(old_prefix) and entry.is_dir():
+                os.rename(entry, install_dir)
+                break
+    for entry in entries:
+        if entry.name.startswith((install_prefix, old_prefix)) and entry.exists() and entry != install_dir:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _install_locked(source: Path, meta_bytes: bytes, metadata: BundleMetadata, install_dir: Path) -> None:
+    _recover(install_dir)
+    install_prefix, _ = _stale_prefixes(install_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=install_prefix, dir=install_dir.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        stamps: dict[str, _Stamp] = {}
+        for i, (name, expected) in enumerate(metadata.artifact_checksums().items()):
+            actual = _copy_hashed(source / name, tmp / name)
+            if actual != expected:
+                raise ChecksumMismatchError(
+                    f"bundle {source} has a corrupted file: {name}: expected sha256 {expected}, found {actual}",
+                    hint="rebuild the bundle; nothing was installed",
+                )
+            stamps[name] = _Stamp.of((tmp / name).lstat(), actual)
+            if i == 0:
+                _test_pause("copying")
+        _write_new(tmp / layout.METADATA, meta_bytes)
+        record = InstallRecord(metadata_sha256=sha256_bytes(meta_bytes), source=str(source.resolve()), files=stamps)
+        _write_new(tmp / layout.INSTALL_RECORD, (record.model_dump_json(indent=2) + "\n").encode())
+        fsync_dir(tmp)
+        _swap_in(tmp, install_dir)
+        fsync_dir(install_dir.parent)
+        _test_pause("swapped")
+    except OSError as e:
+        raise InstallError(
+            f"installing into {install_dir} failed: {e.strerror or e}",
+            hint="check free space and permissions, or pass another --install-dir",
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the old install after a swap, or the half-copied one
+
+
+# --- public API ------------------------------------------------------------------------------------
+def _read_source(source: Path) -> tuple[bytes, BundleMetadata]:
+    if not source.is_dir():
+        raise MissingArtifactsError(
+            f"bundle directory {source} does not exist" if not source.exists() else f"{source} is not a directory",
+            hint="build one with `vz-linux build` or point at a bundle directory",
+        )
+    path = source / layout.METADATA
+    try:
+        check_regular(path)
+        meta_bytes = path.read_bytes()
+    except FileNotFoundError:
+        raise MissingArtifactsError(
+            f"{source} has no {layout.METADATA}", hint="build one with `vz-linux build`"
+        ) from None
+    try:
+        text = meta_bytes.decode()
+    except UnicodeDecodeError:
+        raise InvalidMetadataError(f"{path} is not UTF-8 text", hint="rebuild the bundle") from None
+    return meta_bytes, BundleMetadata.parse_text(text, str(path))
+
+
+def _identical(snap: _Snapshot | None, meta_bytes: bytes, sizes: dict[str, int]) -> bool:
+    return snap is not None and snap.metadata_sha256 == sha256_bytes(meta_bytes) and snap.sizes == sizes
+
+
+def install_bundle(
+    source: Path,
+    install_dir: Path,
+    *,
+    profile: KernelProfile | None = None,
+    required_capabilities: Iterable[KernelCapability] = frozenset(),
+    require_exact_agent_version: bool = True,
+) -> KernelBundle:
+    """Validate ``source`` and install it into ``install_dir`` unless an identical intact install is there.
+
+    Safe to call from many processes at once: they serialise on the install lock and all return
+    the same installed bundle. Raises the typed errors of :mod:`vz_linux.bundle` for a bad
+    source (nothing is installed then) and :class:`InstallError` for an unwritable target.
+    """
+    source, install_dir = Path(source), Path(install_dir)
+    meta_bytes, metadata = _read_source(source)
+    check_selection(metadata, source, profile=profile, required_capabilities=required_capabilities,
+                    require_exact_agent_version=require_exact_agent_version)
+    sizes = {name: st.st_size for name, st in check_artifacts_present(source, metadata).items()}
+    if _identical(_snapshot(install_dir), meta_bytes, sizes):
+        return bundle_from_metadata(install_dir, metadata)
+    with install_lock(install_dir):
+        if not _identical(_snapshot(install_dir), meta_bytes, sizes):
+            _install_locked(source, meta_bytes, metadata, install_dir)
+    return bundle_from_metadata(install_dir, metadata)
+
+
+def load_installed(
+    install_dir: Path,
+    *,
+    profile: KernelProfile | None = None,
+    required_capabilities: Iterable[KernelCapability] = frozenset(),
+    require_exact_agent_version: bool = True,
+) -> KernelBundle:
+    """An installed bundle, validated: through its install record when intact, else by re-hashing.
+
+    After a successful re-hash the record is (re)written when the dir is writable, so the next
+    call is fast again (e.g. a legacy ``~/.vz/linux`` install that predates records).
+    """
+    install_dir = Path(install_dir)
+    snap = _snapshot(install_dir)
+    if snap is not None:
+        check_selection(snap.metadata, install_dir, profile=profile, required_capabilities=required_capabilities,
+                        require_exact_agent_version=require_exact_agent_version)
+        return bundle_from_metadata(install_dir, snap.metadata)
+    with contextlib.ExitStack() as stack:
+        locked = False
+        if install_dir.is_dir():
+            # Read-only installs (e.g. system-wide) cannot be locked: validate without a record then.
+            with contextlib.suppress(InstallError):
+                stack.enter_context(install_lock(install_dir))
+                locked = True
+        stats: dict[str, os.stat_result] = {}
+        with contextlib.suppress(OSError, InvalidMetadataError):
+            meta = BundleMetadata.read(install_dir / layout.METADATA)
+            stats = {name: (install_dir / name).lstat() for name in meta.artifact_checksums()}
+        bundle = validate_bundle(install_dir, profile=profile, required_capabilities=required_capabilities,
+                                 require_exact_agent_version=require_exact_agent_version)
+        if locked:
+            _refresh_record(install_dir, bundle.metadata, stats)
+        return bundle
+
+
+def _refresh_record(install_dir: Path, metadata: BundleMetadata, stats: dict[str, os.stat_result]) -> None:
+    # Stamps were taken *before* hashing: a file changed meanwhile has another ctime, so the next
+    # fast check fails and re-hashes instead of trusting a hash of different content.
+    expected = metadata.artifact_checksums()
+    if set(stats) != set(expected):
+        return
+    try:
+        meta_bytes = (install_dir / layout.METADATA).read_bytes()
+        if BundleMetadata.parse_text(meta_bytes.decode()) != metadata:
+            return
+        record = InstallRecord(
+            metadata_sha256=sha256_bytes(meta_bytes),
+            source=str(install_dir.resolve()),
+            files={name: _Stamp.of(stats[name], sha) for name, sha in expected.items()},
+        )
+        write_atomic(install_dir / layout.INSTALL_RECORD, (record.model_dump_json(indent=2) + "\n").encode())
+    except (OSError, UnicodeDecodeError, InvalidMetadataError):
+        pass  # only an optimisation
+
+
+def read_install_record(install_dir: Path) -> InstallRecord | None:
+    try:
+        return InstallRecord.model_validate_json((Path(install_dir) / layout.INSTALL_RECORD).read_bytes())
+    except (OSError, ValidationError):
+        return None
+
+
+def remove_stale(install_dir: Path) -> None:
+    """Delete leftovers of crashed installs (temp dirs) beside ``install_dir``; needs the lock."""
+    with install_lock(install_dir):
+        _recover(install_dir)
+

@@ -1,0 +1,141 @@
+"""The selection API (SPEC §4): find, validate and install the bundle a caller asks for.
+
+Resolution order for the bundle to install (first that applies wins):
+
+1. ``KernelBundleOptions.bundle_dir`` (the caller's);
+2. ``$VZ_LINUX_<PROFILE>_BUNDLE_DIR`` (``VZ_LINUX_DEVELOPER_BUNDLE_DIR``, ``VZ_LINUX_CONTAINER_BUNDLE_DIR``);
+3. ``$VZ_LINUX_BUNDLE_DIR``;
+4. only when the install dir is the default: the source checkout's ``linux/out[/container]``
+   (``layout.default_bundle_dir``), if a bundle is there.
+
+A bundle found that way is validated and installed into the install dir (default
+``~/.vz/linux/<profile>/``) unless an identical intact install is already there. With none, the
+installed files are validated and returned; the developer profile falls back to the legacy
+``~/.vz/linux/`` when its own dir holds nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import layout
+from .bundle import KernelBundle
+from .errors import MissingArtifactsError, NoHomeDirectoryError
+from .install import install_bundle, load_installed
+from .profiles import KernelCapability, KernelProfile
+
+ENV_BUNDLE_DIR = "VZ_LINUX_BUNDLE_DIR"
+
+
+def profile_env_var(profile: KernelProfile) -> str:
+    return f"VZ_LINUX_{profile.value.upper()}_BUNDLE_DIR"
+
+
+@dataclass(frozen=True)
+class KernelBundleOptions:
+    profile: KernelProfile | None = None  # None = developer
+    required_capabilities: frozenset[KernelCapability] = field(default_factory=frozenset)
+    install_dir: Path | None = None  # None = ~/.vz/linux/<profile>/
+    bundle_dir: Path | None = None  # None = environment, then the source checkout's linux/out
+    require_exact_agent_version: bool = True
+
+    def __post_init__(self) -> None:
+        # Accept strings and plain iterables from callers; store the typed forms.
+        if self.profile is not None and not isinstance(self.profile, KernelProfile):
+            object.__setattr__(self, "profile", KernelProfile.parse(str(self.profile)))
+        caps: Iterable[KernelCapability | str] = self.required_capabilities
+        object.__setattr__(
+            self, "required_capabilities",
+            frozenset(c if isinstance(c, KernelCapability) else KernelCapability.parse(c) for c in caps),
+        )
+        for name in ("install_dir", "bundle_dir"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Path):
+                object.__setattr__(self, name, Path(value))
+
+    @property
+    def resolved_profile(self) -> KernelProfile:
+        return self.profile or KernelProfile.developer
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Where ensure_kernel_bundle looks, and why (what `vz-linux ensure` explains)."""
+
+    profile: KernelProfile
+    install_dir: Path
+    default_install: bool
+    source: Path | None
+    source_reason: str | None  # "bundle_dir", "$VZ_LINUX_…", "source checkout"
+
+
+def _env_dir(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
+def resolve(options: KernelBundleOptions) -> Resolution:
+    """Apply the resolution order without touching any bundle (beyond an existence check of step 4)."""
+    profile = options.resolved_profile
+    if options.install_dir is None:
+        install_dir, default_install = layout.default_install_dir(profile), True
+    else:
+        install_dir = options.install_dir
+        try:
+            default_install = _same_path(install_dir, layout.default_install_dir(profile))
+        except NoHomeDirectoryError:
+            default_install = False
+    candidates: list[tuple[Path | None, str]] = [
+        (options.bundle_dir, "bundle_dir"),
+        (_env_dir(profile_env_var(profile)), f"${profile_env_var(profile)}"),
+        (_env_dir(ENV_BUNDLE_DIR), f"${ENV_BUNDLE_DIR}"),
+    ]
+    for path, reason in candidates:
+        if path is not None:
+            return Resolution(profile, install_dir, default_install, path, reason)
+    if default_install:
+        out = layout.default_bundle_dir(profile)
+        if (out / layout.METADATA).exists():
+            return Resolution(profile, install_dir, default_install, out, "source checkout")
+    return Resolution(profile, install_dir, default_install, None, None)
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    return os.path.abspath(a) == os.path.abspath(b)
+
+
+def ensure_kernel_bundle(options: KernelBundleOptions | None = None) -> KernelBundle:
+    """The validated, installed bundle for ``options`` (SPEC §4). Raises one typed error otherwise."""
+    options = options or KernelBundleOptions()
+    res = resolve(options)
+    def checked(load: Callable[..., KernelBundle], where: Path, *args: Path) -> KernelBundle:
+        return load(where, *args, profile=res.profile, required_capabilities=options.required_capabilities,
+                    require_exact_agent_version=options.require_exact_agent_version)
+
+    if res.source is not None:
+        return checked(install_bundle, res.source, res.install_dir)
+    if (res.install_dir / layout.METADATA).exists() or res.install_dir.is_symlink():
+        return checked(load_installed, res.install_dir)
+    if res.profile is KernelProfile.developer and res.default_install:
+        legacy = layout.default_install_root()
+        if (legacy / layout.METADATA).exists():
+            return checked(load_installed, legacy)
+    if res.install_dir.exists():
+        return checked(load_installed, res.install_dir)  # reports what is wrong with it
+    env = profile_env_var(res.profile)
+    raise MissingArtifactsError(
+        f"no {res.profile.value} kernel bundle installed in {res.install_dir} and none to install",
+        hint=f"build one (vz-linux build --profile {res.profile.value}), or set ${env} / pass a bundle dir",
+    )
+
+
+def ensure_kernel_profile(profile: KernelProfile | str) -> KernelBundle:
+    return ensure_kernel_bundle(KernelBundleOptions(profile=KernelProfile.parse(str(profile))))
+
+
+def ensure_kernel() -> KernelBundle:
+    """The default (developer) bundle."""
+    return ensure_kernel_bundle(KernelBundleOptions())
