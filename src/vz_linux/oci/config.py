@@ -1,0 +1,89 @@
+"""Runtime settings of the OCI path and how they pick the guest kernel."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .. import layout
+from ..errors import InvalidConfigError, MissingArtifactsError
+from ..profiles import KernelProfile
+
+if TYPE_CHECKING:
+    from ..bundle import KernelBundle
+
+AGENT_READY_TIMEOUT_ENV = "VZ_AGENT_READY_TIMEOUT_SECS"
+DATA_DIR_ENV = "VZ_OCI_DATA_DIR"
+DEFAULT_AGENT_READY_TIMEOUT = 60.0  # TCG boots take ~2 s; a loaded CI host needs far more headroom
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get(DATA_DIR_ENV)
+    return Path(env) if env else layout.home_dir() / ".vz" / "oci"
+
+
+def agent_ready_timeout_from_env() -> float:
+    raw = os.environ.get(AGENT_READY_TIMEOUT_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_AGENT_READY_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidConfigError(f"{AGENT_READY_TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise InvalidConfigError(f"{AGENT_READY_TIMEOUT_ENV}={raw!r} must be positive")
+    return value
+
+
+def install_hint(profile: KernelProfile) -> str:
+    """How to get a profile's bundle installed (shown when it is missing)."""
+    out = layout.default_bundle_dir(profile)
+    with contextlib.suppress(ValueError):
+        out = out.relative_to(Path.cwd())
+    return f"install it with: vz-linux build --profile {profile.value} && vz-linux install {out}"
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How containers are run: which kernel profile boots their VM, and the VM's size."""
+
+    linux_profile: KernelProfile | None = None
+    data_dir: Path = field(default_factory=default_data_dir)
+    cpus: int = 1
+    memory_mib: int = 256
+    network: bool = False
+    agent_ready_timeout: float = field(default_factory=agent_ready_timeout_from_env)
+    exec_timeout: float | None = None  # None: the container may run as long as it likes
+
+    def __post_init__(self) -> None:
+        if self.cpus < 1:
+            raise InvalidConfigError(f"cpus must be at least 1, not {self.cpus}")
+        if self.memory_mib < 64:
+            raise InvalidConfigError(f"memory must be at least 64 MiB, not {self.memory_mib}")
+        if self.exec_timeout is not None and self.exec_timeout <= 0:
+            raise InvalidConfigError("exec timeout must be positive")
+
+    @property
+    def containers_dir(self) -> Path:
+        return self.data_dir / "containers"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    def resolve_kernel(self) -> KernelBundle:
+        """The validated, installed bundle this config boots (SPEC §4 resolution)."""
+        from ..resolve import ensure_kernel, ensure_kernel_profile
+
+        profile = self.linux_profile or KernelProfile.developer
+        try:
+            if self.linux_profile is not None:
+                return ensure_kernel_profile(self.linux_profile)
+            return ensure_kernel()
+        except MissingArtifactsError as e:
+            raise MissingArtifactsError(
+                f"the {profile.value} kernel profile is not installed: {e}", hint=install_hint(profile)
+            ) from e

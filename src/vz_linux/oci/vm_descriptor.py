@@ -1,0 +1,243 @@
+"""``vz vm linux init``: a VM descriptor ``N.linux.json`` plus its sparse disk image.
+
+The descriptor pins the exact kernel/initramfs a VM boots (paths and sha256) so a later boot can
+prove it runs what was set up. Re-running on a compatible setup changes nothing; a descriptor whose
+artifacts changed under it, or a disk of another size, is refused unless ``--force``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import enum
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import layout
+from ..errors import ChecksumMismatchError, DiskImageError, InvalidConfigError, MissingArtifactsError
+from ..hashing import sha256_file
+from ..metadata import BundleMetadata, write_atomic
+from ..profiles import KernelProfile
+from .config import RuntimeConfig, install_hint
+
+DESCRIPTOR_SCHEMA_VERSION = 1
+DESCRIPTOR_SUFFIX = ".linux.json"
+DISK_SUFFIX = ".img"
+DEFAULT_DISK_SIZE_GB = 8
+_GIB = 1 << 30
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def default_vm_dir() -> Path:
+    return layout.home_dir() / ".vz" / "vms"
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """The kernel + initramfs a VM boots, as validated against their version.json."""
+
+    kernel: Path
+    initramfs: Path
+    version_json: Path
+    metadata: BundleMetadata
+
+    @property
+    def sha256_kernel(self) -> str:
+        return self.metadata.sha256_vmlinux
+
+    @property
+    def sha256_initramfs(self) -> str:
+        return self.metadata.sha256_initramfs
+
+    @property
+    def version(self) -> str:
+        return f"{self.metadata.kernel_release or self.metadata.kernel} agent {self.metadata.agent}"
+
+
+@dataclass(frozen=True)
+class InitRequest:
+    name: str
+    output_dir: Path | None = None
+    disk_size_gb: int | None = None
+    profile: KernelProfile | None = None
+    kernel: Path | None = None
+    initramfs: Path | None = None
+    version_json: Path | None = None
+    force: bool = False
+
+
+class InitStatus(enum.StrEnum):
+    created = "created"
+    compatible = "compatible"  # nothing changed
+    updated = "updated"  # --force rewrote the descriptor and/or resized the disk
+
+
+@dataclass(frozen=True)
+class InitResult:
+    status: InitStatus
+    descriptor_path: Path
+    descriptor: dict[str, Any]
+
+
+def _check_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise MissingArtifactsError(f"{what} {path} does not exist or is not a file")
+    return path.resolve()
+
+
+def explicit_artifacts(kernel: Path, initramfs: Path, version_json: Path,
+                       profile: KernelProfile | None) -> Artifacts:
+    """--kernel/--initramfs/--version-json: the metadata must describe exactly these files."""
+    kernel = _check_file(kernel, "kernel")
+    initramfs = _check_file(initramfs, "initramfs")
+    version_json = _check_file(version_json, "version.json")
+    metadata = BundleMetadata.read(version_json)
+    if profile is not None and metadata.profile is not profile:
+        from ..errors import ProfileMismatchError
+
+        raise ProfileMismatchError(
+            f"{version_json} describes a {metadata.profile.value} bundle, not {profile.value}")
+    for path, want in ((kernel, metadata.sha256_vmlinux), (initramfs, metadata.sha256_initramfs)):
+        have = sha256_file(path)
+        if have != want:
+            raise ChecksumMismatchError(
+                f"{path}: sha256 {have} does not match {want} recorded in {version_json}",
+                hint="pass the files the version.json was written for, or rebuild the bundle")
+    return Artifacts(kernel, initramfs, version_json, metadata)
+
+
+def installed_artifacts(profile: KernelProfile | None) -> Artifacts:
+    bundle = RuntimeConfig(linux_profile=profile).resolve_kernel()
+    return Artifacts(bundle.kernel.resolve(), bundle.initramfs.resolve(),
+                     bundle.version_json.resolve(), bundle.metadata)
+
+
+def resolve_artifacts(req: InitRequest) -> Artifacts:
+    given = [p is not None for p in (req.kernel, req.initramfs, req.version_json)]
+    if any(given) and not all(given):
+        raise InvalidConfigError("--kernel, --initramfs and --version-json go together",
+                                 hint="pass all three, or none to use the installed profile")
+    if req.kernel is not None and req.initramfs is not None and req.version_json is not None:
+        return explicit_artifacts(req.kernel, req.initramfs, req.version_json, req.profile)
+    return installed_artifacts(req.profile)
+
+
+def build_descriptor(name: str, art: Artifacts, disk: Path, size_bytes: int, created: str) -> dict[str, Any]:
+    return {
+        "schema_version": DESCRIPTOR_SCHEMA_VERSION,
+        "image_name": name,
+        "profile": art.metadata.profile.value,
+        "arch": art.metadata.arch.value,
+        "kernel": str(art.kernel),
+        "initramfs": str(art.initramfs),
+        "version_json": str(art.version_json),
+        "disk": {"path": str(disk), "size_bytes": size_bytes},
+        "artifact_version": art.version,
+        "sha256_kernel": art.sha256_kernel,
+        "sha256_initramfs": art.sha256_initramfs,
+        "created": created,
+    }
+
+
+def read_descriptor(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InvalidConfigError(f"descriptor {path} is unreadable: {e}",
+                                 hint="remove it or re-run with --force") from None
+    if not isinstance(data, dict) or data.get("schema_version") != DESCRIPTOR_SCHEMA_VERSION:
+        raise InvalidConfigError(f"descriptor {path} is not a schema {DESCRIPTOR_SCHEMA_VERSION} descriptor",
+                                 hint="re-run with --force to rewrite it")
+    return data
+
+
+def verify_descriptor(path: Path) -> dict[str, Any]:
+    """A descriptor's recorded artifacts still hash to what it recorded, and its disk is there."""
+    data = read_descriptor(path)
+    for key, sha_key in (("kernel", "sha256_kernel"), ("initramfs", "sha256_initramfs")):
+        artifact = Path(str(data.get(key)))
+        if not artifact.is_file():
+            raise MissingArtifactsError(f"descriptor {path}: {key} {artifact} no longer exists",
+                                        hint="reinstall the bundle or re-run `vz vm linux init --force`")
+        have = sha256_file(artifact)
+        if have != data.get(sha_key):
+            raise ChecksumMismatchError(
+                f"descriptor {path}: {key} {artifact} has sha256 {have}, the descriptor recorded "
+                f"{data.get(sha_key)}", hint="re-run `vz vm linux init --force` to re-pin the artifacts")
+    return data
+
+
+def _create_sparse(path: Path, size: int) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.ftruncate(fd, size)  # a hole: no blocks allocated until the guest writes
+    finally:
+        os.close(fd)
+
+
+def init_vm(req: InitRequest) -> InitResult:
+    if not _NAME.match(req.name):
+        raise InvalidConfigError(f"VM name {req.name!r} must be 1-64 of [A-Za-z0-9._-], starting alphanumeric")
+    if req.disk_size_gb is not None and req.disk_size_gb < 1:
+        raise InvalidConfigError(f"--disk-size-gb must be at least 1, not {req.disk_size_gb}")
+    out = (req.output_dir or default_vm_dir()).expanduser()
+    desc_path = out / f"{req.name}{DESCRIPTOR_SUFFIX}"
+    disk = (out / f"{req.name}{DISK_SUFFIX}").absolute()
+    art = resolve_artifacts(req)
+
+    existing = read_descriptor(desc_path) if desc_path.exists() and not req.force else None
+    size_gb = req.disk_size_gb
+    if size_gb is None:
+        if existing is not None:
+            size_gb = int(existing["disk"]["size_bytes"]) // _GIB
+        elif disk.exists():
+            size_gb = max(1, disk.stat().st_size // _GIB)
+        else:
+            size_gb = DEFAULT_DISK_SIZE_GB
+    size = size_gb * _GIB
+
+    if existing is not None:
+        for key, have in (("kernel", art.kernel), ("initramfs", art.initramfs)):
+            if existing.get(key) != str(have):
+                raise InvalidConfigError(
+                    f"descriptor {desc_path} points at {key} {existing.get(key)}, not {have}",
+                    hint="re-run with --force to re-point it")
+        verify_descriptor(desc_path)
+        for key, want in (("sha256_kernel", art.sha256_kernel), ("sha256_initramfs", art.sha256_initramfs)):
+            if existing.get(key) != want:
+                raise ChecksumMismatchError(
+                    f"descriptor {desc_path}: {key} {existing.get(key)} does not match the artifacts' "
+                    f"{want}", hint="re-run with --force to re-pin the artifacts")
+
+    if disk.exists():
+        if not disk.is_file():
+            raise DiskImageError(f"disk image {disk} exists and is not a regular file")
+        actual = disk.stat().st_size
+        if actual != size:
+            if not req.force:
+                raise DiskImageError(
+                    f"disk image {disk} is {actual} bytes, not {size} ({size_gb} GiB)",
+                    hint="pass the matching --disk-size-gb, or --force to resize it")
+            os.truncate(disk, size)
+            resized = True
+        else:
+            resized = False
+        if existing is not None and existing["disk"].get("size_bytes") == size and existing["disk"].get(
+                "path") == str(disk) and not resized:
+            return InitResult(InitStatus.compatible, desc_path, existing)
+        status = InitStatus.updated
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        _create_sparse(disk, size)
+        status = InitStatus.created if not desc_path.exists() else InitStatus.updated
+
+    created = _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+    descriptor = build_descriptor(req.name, art, disk, size, created)
+    write_atomic(desc_path, (json.dumps(descriptor, indent=2) + "\n").encode())
+    return InitResult(status, desc_path, descriptor)
+
+
+__all__ = ["InitRequest", "InitResult", "InitStatus", "init_vm", "install_hint", "verify_descriptor"]
