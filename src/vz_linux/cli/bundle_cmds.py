@@ -1,5 +1,166 @@
-"""Commands of this stage, registered on the `vz-linux` group (placeholder until implemented)."""
+"""`vz-linux install`, `ensure`, `verify`: thin shims over :mod:`vz_linux.resolve` / `install` / `bundle`."""
 
 from __future__ import annotations
 
-from .main import cli  # noqa: F401
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from .. import layout
+from ..bundle import KernelBundle, read_metadata, validate_bundle
+from ..errors import VzLinuxError
+from ..install import install_bundle
+from ..profiles import KernelCapability, KernelProfile
+from ..resolve import KernelBundleOptions, ensure_kernel_bundle, resolve
+from .common import out_console
+from .main import cli
+
+_PATH = click.Path(path_type=Path, file_okay=True, dir_okay=True)
+
+
+def _capabilities(values: tuple[str, ...]) -> frozenset[KernelCapability]:
+    # --require a,b and --require a --require b both work.
+    return KernelCapability.parse_list(name for v in values for name in v.split(","))
+
+
+def _profile(name: str | None) -> KernelProfile | None:
+    return KernelProfile.parse(name) if name else None
+
+
+def _print_json(data: dict[str, Any]) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _show(bundle: KernelBundle, title: str, sizes: bool = True) -> None:
+    m = bundle.metadata
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("file")
+    table.add_column("size", justify="right")
+    table.add_column("sha256")
+    for name, path in bundle.artifact_paths().items():
+        size = f"{path.stat().st_size:,}" if sizes and path.exists() else "?"
+        table.add_row(name, size, m.artifact_checksums()[name])
+    out_console.print(table)
+    out_console.print(
+        f"profile [bold]{bundle.profile.value}[/] ({m.security_profile}), arch {m.arch.value}, "
+        f"kernel {m.kernel_release or m.kernel}, agent {m.agent} (protocol {m.agent_protocol_revision}), "
+        f"{m.oci_runtime.name} {m.oci_runtime.version}"
+    )
+    out_console.print("capabilities: " + " ".join(sorted(c.value for c in bundle.capabilities)))
+    if m.unknown_capabilities:
+        out_console.print("ignored (unknown) capabilities: " + " ".join(m.unknown_capabilities))
+
+
+_require = click.option("--require", "require", multiple=True, metavar="CAP[,CAP…]",
+                        help="Capabilities needed on top of the profile's contract.")
+_no_version_check = click.option("--no-version-check", is_flag=True,
+                                 help="Accept a bundle built by another release (agent version/protocol).")
+_json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+
+
+@cli.command("install")
+@click.argument("bundle_dir", type=_PATH)
+@click.option("--install-dir", type=_PATH, help="Default: ~/.vz/linux/<the bundle's profile>/.")
+@click.option("--profile", help="Refuse the bundle unless it is this profile.")
+@_require
+@_no_version_check
+@_json
+def install_cmd(bundle_dir: Path, install_dir: Path | None, profile: str | None, require: tuple[str, ...],
+                no_version_check: bool, as_json: bool) -> None:
+    """Validate the bundle in BUNDLE_DIR and install it atomically."""
+    expected = _profile(profile)
+    caps = _capabilities(require)
+    target_profile = expected or read_metadata(bundle_dir).profile
+    target = install_dir if install_dir is not None else layout.default_install_dir(target_profile)
+    bundle = install_bundle(bundle_dir, target, profile=expected, required_capabilities=caps,
+                            require_exact_agent_version=not no_version_check)
+    if as_json:
+        _print_json({"ok": True, **bundle.summary()})
+    else:
+        _show(bundle, f"installed {bundle_dir} → {bundle.root}")
+
+
+@cli.command("ensure")
+@click.option("--profile", default=KernelProfile.developer.value, show_default=True,
+              help=f"One of: {', '.join(p.value for p in KernelProfile)}.")
+@_require
+@click.option("--install-dir", type=_PATH, help="Default: ~/.vz/linux/<profile>/.")
+@click.option("--bundle-dir", type=_PATH, help="Bundle to install (else $VZ_LINUX_<PROFILE>_BUNDLE_DIR, …).")
+@_no_version_check
+@_json
+def ensure_cmd(profile: str, require: tuple[str, ...], install_dir: Path | None, bundle_dir: Path | None,
+               no_version_check: bool, as_json: bool) -> None:
+    """Find, validate and install the bundle for a profile (the selection API's resolution order)."""
+    options = KernelBundleOptions(
+        profile=KernelProfile.parse(profile),
+        required_capabilities=_capabilities(require),
+        install_dir=install_dir,
+        bundle_dir=bundle_dir,
+        require_exact_agent_version=not no_version_check,
+    )
+    res = resolve(options)
+    bundle = ensure_kernel_bundle(options)
+    if as_json:
+        source = {"source": str(res.source) if res.source else None, "source_reason": res.source_reason}
+        _print_json({"ok": True, **bundle.summary(), **source})
+    else:
+        where = f"from {res.source} ({res.source_reason})" if res.source else "already installed"
+        _show(bundle, f"{bundle.profile.value} bundle at {bundle.root}, {where}")
+
+
+def _verify_boot(bundle: KernelBundle) -> Any:
+    try:
+        module = importlib.import_module("vz_linux.boot_verify")
+        verify_boot = module.verify_boot
+    except (ImportError, AttributeError):
+        raise VzLinuxError(
+            "boot verification not available (vz_linux.boot_verify is missing in this installation)",
+            hint="run verify without --boot",
+        ) from None
+    return verify_boot(bundle)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "to_json") and callable(value.to_json):
+        return value.to_json()
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    try:
+        json.dumps(value)
+        return value
+    except TypeError:
+        return str(value)
+
+
+@cli.command("verify")
+@click.argument("bundle_dir", type=_PATH)
+@click.option("--profile", help="Refuse the bundle unless it is this profile.")
+@_require
+@_no_version_check
+@click.option("--boot", is_flag=True, help="Also boot it and run every capability's live probe.")
+@_json
+def verify_cmd(bundle_dir: Path, profile: str | None, require: tuple[str, ...], no_version_check: bool,
+               boot: bool, as_json: bool) -> None:
+    """Fully verify the bundle in BUNDLE_DIR: metadata, agent, capabilities, every checksum (re-hashed)."""
+    try:
+        bundle = validate_bundle(bundle_dir, profile=_profile(profile), required_capabilities=_capabilities(require),
+                                 require_exact_agent_version=not no_version_check)
+        boot_result = _verify_boot(bundle) if boot else None
+    except VzLinuxError as e:
+        if as_json:
+            _print_json({"ok": False, "error": type(e).__name__, "exit_code": e.exit_code, "message": e.one_line(),
+                         "root": str(bundle_dir)})
+        raise
+    if as_json:
+        data = {"ok": True, **bundle.summary()}
+        if boot:
+            data["boot"] = _jsonable(boot_result)
+        _print_json(data)
+    else:
+        _show(bundle, f"verified {bundle.root}: every checksum matches")
+        if boot:
+            out_console.print(f"boot verification: {boot_result}")
