@@ -1,0 +1,78 @@
+/* Shared state of the agent's event loop. */
+#ifndef VZ_AGENT_H
+#define VZ_AGENT_H
+
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "buf.h"
+#include "protocol.h"
+
+#ifndef VZ_AGENT_VERSION
+#define VZ_AGENT_VERSION "0.0.0-dev"
+#endif
+
+#define MAX_CONNS 32
+#define MAX_EXECS 128
+#define OUT_HIGH_WATER (1u << 20)   /* stop reading children's pipes above this much queued output */
+#define OUT_HARD_LIMIT (64u << 20)  /* a peer this far behind is dropped */
+#define STDIN_LIMIT (8u << 20)      /* per-exec queued stdin */
+#define CHUNK 32768u                /* output chunk size per read */
+#define FILE_LIMIT (512u * 1024u)   /* read_file / write_file size limit */
+#define EVIDENCE_TAIL 4096u
+#define PROBE_TIMEOUT_MS 20000u
+#define EXIT_GRACE_MS 2000          /* after the child is reaped, wait this long for its pipes' EOF */
+
+enum conn_kind { CONN_STREAM, CONN_SERIAL, CONN_STDIO };
+
+struct conn {
+    int used;
+    enum conn_kind kind;
+    int in_fd, out_fd;
+    const char *transport;
+    struct buf in, out;
+    int closing;     /* flush out, then close */
+    int hup;         /* serial only: host end not connected */
+    int64_t closing_deadline;
+};
+
+struct exec {
+    int used;
+    struct conn *conn;  /* NULL once its connection has gone */
+    uint32_t id;
+    int probe;
+    pid_t pid;
+    int in_fd, out_fd, err_fd, errpipe;
+    struct buf stdin_q;
+    int stdin_eof;
+    int reaped, status, timed_out, exec_errno;
+    int64_t deadline, reaped_at;
+    char name[64];
+    struct buf evidence;  /* probe: combined output, trimmed to the tail */
+};
+
+extern struct conn g_conns[MAX_CONNS];
+extern struct exec g_execs[MAX_EXECS];
+extern int g_allow_poweroff;
+extern int64_t g_start_boottime_ns, g_start_monotonic_ns;
+
+int64_t now_ms(void);
+int64_t clock_ns(int clk);
+void send_frame(struct conn *c, const struct buf *frame);
+void send_error(struct conn *c, uint32_t id, uint32_t code, const char *msg);
+void set_nonblock(int fd);
+
+/* exec.c */
+struct exec *exec_start(struct conn *c, uint32_t id, const struct vz_exec_req *r, int probe,
+                        const char **err, int *err_errno);
+struct exec *exec_find(struct conn *c, uint32_t id);
+void exec_queue_stdin(struct exec *e, const uint8_t *p, size_t n, int eof);
+void exec_reap_all(void);
+void exec_detach_conn(struct conn *c);
+void exec_tick(void);
+
+/* ops.c */
+void handle_frame(struct conn *c, const struct vz_frame *f);
+int io_uring_probe(void);
+
+#endif

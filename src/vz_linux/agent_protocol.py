@@ -1,0 +1,187 @@
+"""The guest agent's wire format (docs/PROTOCOL.md), host side: frames and TLV fields.
+
+Mirrors ``guest/agent/protocol.h``; a test checks the constants agree.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+MAGIC = b"VZ"
+HEADER = struct.Struct(">2sBBII")  # magic, type, flags, request id, payload length
+HEADER_SIZE = HEADER.size
+TLV_HEADER = struct.Struct(">HI")
+MAX_PAYLOAD = 1024 * 1024
+FILE_LIMIT = 512 * 1024
+VSOCK_PORT = 7424
+SERIAL_PORT_NAME = "org.vz.agent.0"
+
+
+class Msg(enum.IntEnum):
+    HELLO = 0x01
+    PING = 0x02
+    EXEC = 0x03
+    STDIN = 0x04
+    SIGNAL = 0x05
+    READ_FILE = 0x06
+    WRITE_FILE = 0x07
+    PROBE = 0x08
+    POWEROFF = 0x09
+    OK = 0x80
+    ERROR = 0x81
+    STARTED = 0x82
+    OUTPUT = 0x83
+    EXIT = 0x84
+
+
+class Tag(enum.IntEnum):
+    ARGV = 1
+    ENV = 2
+    CWD = 3
+    TIMEOUT_MS = 4
+    DATA = 5
+    EOF = 6
+    STREAM = 7
+    EXIT_CODE = 8
+    SIGNAL = 9
+    EXEC_ID = 10
+    PATH = 11
+    MODE = 12
+    NAME = 13
+    SNIPPET = 14
+    PASS = 15
+    EVIDENCE = 16
+    ERROR_CODE = 17
+    MESSAGE = 18
+    PID = 19
+    VERSION = 20
+    REVISION = 21
+    SYSNAME = 22
+    RELEASE = 23
+    OS_VERSION = 24
+    MACHINE = 25
+    MONOTONIC_NS = 26
+    BOOTTIME_NS = 27
+    START_BOOTTIME_NS = 28
+    START_MONOTONIC_NS = 29
+    REALTIME_NS = 30
+    TIMED_OUT = 31
+    ACTION = 32
+    MAX_SIZE = 33
+    SIZE = 34
+    TRANSPORT = 35
+
+
+class ErrorCode(enum.IntEnum):
+    FRAMING = 1
+    TOO_BIG = 2
+    UNKNOWN_TYPE = 3
+    BAD_PAYLOAD = 4
+    NOT_FOUND = 5
+    BUSY = 6
+    IO = 7
+    NOT_PERMITTED = 8
+    LIMIT = 9
+
+
+class Stream(enum.IntEnum):
+    STDOUT = 1
+    STDERR = 2
+
+
+class PowerAction(enum.IntEnum):
+    POWEROFF = 0
+    REBOOT = 1
+    HALT = 2
+
+
+FieldValue = bytes | str | int | bool
+Field = tuple[Tag, FieldValue]
+
+
+def encode_field(tag: Tag, value: FieldValue) -> bytes:
+    if isinstance(value, bool):
+        raw = b"" if tag is Tag.EOF else struct.pack(">Q", int(value))
+    elif isinstance(value, int):
+        raw = struct.pack(">Q", value & 0xFFFF_FFFF_FFFF_FFFF)
+    elif isinstance(value, str):
+        raw = value.encode()
+    else:
+        raw = bytes(value)
+    return TLV_HEADER.pack(int(tag), len(raw)) + raw
+
+
+def encode_frame(msg: int, request_id: int, fields: Iterable[Field] = ()) -> bytes:
+    payload = b"".join(encode_field(t, v) for t, v in fields)
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"payload of {len(payload)} bytes is over the {MAX_PAYLOAD}-byte frame limit")
+    return HEADER.pack(MAGIC, msg, 0, request_id, len(payload)) + payload
+
+
+@dataclass(frozen=True)
+class Frame:
+    msg: int
+    request_id: int
+    fields: tuple[tuple[int, bytes], ...]
+
+    def all(self, tag: Tag) -> list[bytes]:
+        return [v for t, v in self.fields if t == tag]
+
+    def raw(self, tag: Tag) -> bytes | None:
+        for t, v in self.fields:
+            if t == tag:
+                return v
+        return None
+
+    def str(self, tag: Tag, default: str = "") -> str:
+        v = self.raw(tag)
+        return default if v is None else v.decode(errors="replace")
+
+    def int(self, tag: Tag) -> int | None:
+        v = self.raw(tag)
+        if v is None or len(v) != 8:
+            return None
+        return int.from_bytes(v, "big")
+
+
+class FrameError(ValueError):
+    """The agent's byte stream is not valid framing (the channel cannot be trusted any more)."""
+
+
+def decode_fields(payload: bytes) -> tuple[tuple[int, bytes], ...]:
+    out: list[tuple[int, bytes]] = []
+    pos = 0
+    while pos < len(payload):
+        if len(payload) - pos < TLV_HEADER.size:
+            raise FrameError("truncated field header")
+        tag, n = TLV_HEADER.unpack_from(payload, pos)
+        pos += TLV_HEADER.size
+        if n > len(payload) - pos:
+            raise FrameError("truncated field value")
+        out.append((tag, payload[pos : pos + n]))
+        pos += n
+    return tuple(out)
+
+
+class FrameReader:
+    """Incremental decoder: feed bytes, iterate complete frames."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> Iterator[Frame]:
+        self._buf += data
+        while len(self._buf) >= HEADER_SIZE:
+            magic, msg, _flags, rid, n = HEADER.unpack_from(self._buf)
+            if magic != MAGIC:
+                raise FrameError(f"bad magic {bytes(magic)!r} from the agent")
+            if n > MAX_PAYLOAD:
+                raise FrameError(f"frame of {n} bytes over the limit")
+            if len(self._buf) < HEADER_SIZE + n:
+                return
+            payload = bytes(self._buf[HEADER_SIZE : HEADER_SIZE + n])
+            del self._buf[: HEADER_SIZE + n]
+            yield Frame(msg, rid, decode_fields(payload))
