@@ -1,0 +1,123 @@
+"""Assemble a complete bundle (SPEC §1, §3 stages 4-5): kernel image + initramfs + crun + version.json.
+
+The kernel stage hands over a :class:`KernelInfo`; this gets the guest agent, BusyBox and crun
+for the arch, writes ``initramfs.img``, copies the kernel to ``vmlinux`` and crun to ``crun`` and
+records every field of ``version.json``. Everything is staged in a temp dir next to ``out_dir``
+and swapped into place at once, so a failed build never leaves a half bundle and a reader never
+sees one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import layout
+from .arch import Architecture
+from .busybox import get_busybox
+from .cpio import source_date_epoch
+from .errors import BuildError
+from .initramfs import InitramfsInputs, write_initramfs
+from .install import _swap_in
+from .metadata import (
+    BundleMetadata,
+    FileInfo,
+    KernelSourceInfo,
+    OciRuntimeInfo,
+    ToolchainInfo,
+    fsync_dir,
+)
+from .oci_runtime import ensure_crun
+from .profiles import KernelProfile
+from .version import AGENT_PROTOCOL_REVISION, AGENT_VERSION, METADATA_SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from .kernel_build import KernelInfo
+
+
+def agent_build_dir(arch: Architecture) -> Path:
+    """Persistent so the agent's Makefile rebuilds only what changed."""
+    return layout.cache_root() / "agent" / arch.value
+
+
+def build_time() -> str:
+    """``built``: SOURCE_DATE_EPOCH when set (reproducible builds), else now, UTC ISO-8601."""
+    if os.environ.get("SOURCE_DATE_EPOCH"):
+        when = datetime.fromtimestamp(source_date_epoch(), UTC)
+    else:
+        when = datetime.now(UTC).replace(microsecond=0)
+    return when.isoformat().replace("+00:00", "Z")
+
+
+def _copy(src: Path, dst: Path, mode: int) -> None:
+    try:
+        shutil.copyfile(src, dst)
+    except OSError as e:
+        raise BuildError(f"cannot copy {src} into the bundle: {e.strerror}") from None
+    os.chmod(dst, mode)
+
+
+def assemble_bundle(
+    *,
+    out_dir: Path,
+    profile: KernelProfile,
+    arch: Architecture,
+    kernel_image: Path,
+    kernel: KernelInfo,
+) -> BundleMetadata:
+    """Build the userland for ``arch`` and write the complete bundle to ``out_dir`` atomically."""
+    from .agent_build import build_agent  # the agent engineer's module (issue 4 part 1)
+
+    if not kernel_image.is_file():
+        raise BuildError(f"kernel image {kernel_image} does not exist")
+    busybox = get_busybox(arch)
+    crun = ensure_crun(arch)
+    agent_dir = agent_build_dir(arch)
+    agent_dir.mkdir(parents=True, exist_ok=True)
+    agent = build_agent(arch, agent_dir)
+
+    out_dir = Path(os.path.abspath(out_dir))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # The ".install-" name lets install's crash recovery treat a leftover like its own.
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.install-", dir=out_dir.parent))
+    try:
+        write_initramfs(InitramfsInputs.default(busybox=busybox.path, agent=agent), stage / layout.INITRAMFS)
+        _copy(kernel_image, stage / layout.KERNEL, 0o644)
+        _copy(crun.path, stage / layout.OCI_RUNTIME, 0o755)
+        files = {name: FileInfo.of(stage / name) for name in layout.ARTIFACTS}
+        metadata = BundleMetadata(
+            schema_version=METADATA_SCHEMA_VERSION,
+            kernel=kernel.version,
+            kernel_release=kernel.release,
+            profile=profile,
+            security_profile=profile.security_profile,
+            arch=arch,
+            busybox=busybox.version,
+            agent=AGENT_VERSION,
+            agent_protocol_revision=AGENT_PROTOCOL_REVISION,
+            built=build_time(),
+            sha256_vmlinux=files[layout.KERNEL].sha256,
+            sha256_initramfs=files[layout.INITRAMFS].sha256,
+            oci_runtime=OciRuntimeInfo(name=crun.name, version=crun.version,
+                                       sha256=files[layout.OCI_RUNTIME].sha256),
+            capabilities=sorted(c.value for c in kernel.capabilities),
+            files=files,
+            kernel_config_sha256=kernel.config_sha256,
+            kernel_cache_key=kernel.cache_key,
+            kernel_source=KernelSourceInfo(kind=kernel.source.kind, version=kernel.source.version,  # type: ignore[arg-type]
+                                           sha256=kernel.source.sha256, origin=kernel.source.origin),
+            toolchain=ToolchainInfo(compiler=kernel.toolchain.compiler, binutils=kernel.toolchain.binutils,
+                                    cross_compile=kernel.toolchain.cross_compile),
+        )
+        metadata.write(stage / layout.METADATA)
+        fsync_dir(stage)
+        os.chmod(stage, 0o755)
+        _swap_in(stage, out_dir)  # afterwards `stage` holds the previous bundle, if there was one
+        fsync_dir(out_dir.parent)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return metadata
