@@ -390,9 +390,10 @@ def load_installed(
     with contextlib.ExitStack() as stack:
         locked = False
         if install_dir.is_dir():
-            # Read-only installs (e.g. system-wide) cannot be locked: validate without a record then.
+            # The record is only an optimisation: never wait for an install in progress, and
+            # read-only installs (e.g. system-wide) cannot be locked; validate without it then.
             with contextlib.suppress(InstallError):
-                stack.enter_context(install_lock(install_dir))
+                stack.enter_context(install_lock(install_dir, timeout=0))
                 locked = True
         stats: dict[str, os.stat_result] = {}
         with contextlib.suppress(OSError, InvalidMetadataError):

@@ -37,10 +37,11 @@ def _print_json(data: dict[str, Any]) -> None:
 
 def _show(bundle: KernelBundle, title: str, sizes: bool = True) -> None:
     m = bundle.metadata
-    table = Table(title=title, show_header=True, header_style="bold")
+    out_console.print(title, soft_wrap=True, markup=False)
+    table = Table(show_header=True, header_style="bold")
     table.add_column("file")
     table.add_column("size", justify="right")
-    table.add_column("sha256")
+    table.add_column("sha256", no_wrap=True)
     for name, path in bundle.artifact_paths().items():
         size = f"{path.stat().st_size:,}" if sizes and path.exists() else "?"
         table.add_row(name, size, m.artifact_checksums()[name])
@@ -48,11 +49,12 @@ def _show(bundle: KernelBundle, title: str, sizes: bool = True) -> None:
     out_console.print(
         f"profile [bold]{bundle.profile.value}[/] ({m.security_profile}), arch {m.arch.value}, "
         f"kernel {m.kernel_release or m.kernel}, agent {m.agent} (protocol {m.agent_protocol_revision}), "
-        f"{m.oci_runtime.name} {m.oci_runtime.version}"
+        f"{m.oci_runtime.name} {m.oci_runtime.version}",
+        soft_wrap=True,
     )
-    out_console.print("capabilities: " + " ".join(sorted(c.value for c in bundle.capabilities)))
+    out_console.print("capabilities: " + " ".join(sorted(c.value for c in bundle.capabilities)), soft_wrap=True)
     if m.unknown_capabilities:
-        out_console.print("ignored (unknown) capabilities: " + " ".join(m.unknown_capabilities))
+        out_console.print("ignored (unknown) capabilities: " + " ".join(m.unknown_capabilities), soft_wrap=True)
 
 
 _require = click.option("--require", "require", multiple=True, metavar="CAP[,CAP…]",

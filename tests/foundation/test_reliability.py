@@ -1,0 +1,111 @@
+"""Concurrency and crash safety of installs, with real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from vz_linux import KernelProfile, layout
+from vz_linux.bundle import validate_bundle
+from vz_linux.install import TEST_PAUSE_ENV, TEST_PAUSE_STAGE_ENV
+
+from .bundles import make_bundle
+from .conftest import PYTHON, clean_env
+
+# Each worker ensures the container profile from $VZ_LINUX_CONTAINER_BUNDLE_DIR and prints what it got.
+ENSURE = (
+    "import sys; from vz_linux import ensure_kernel_profile\n"
+    "b = ensure_kernel_profile('container')\n"
+    "print(b.root, b.metadata.kernel, b.metadata.sha256_vmlinux)\n"
+)
+
+
+def _spawn(home: Path, bundle: Path, **extra: str) -> subprocess.Popen[str]:
+    env = clean_env(home, VZ_LINUX_CONTAINER_BUNDLE_DIR=str(bundle), **extra)
+    return subprocess.Popen([PYTHON, "-c", ENSURE], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _leftovers(install_dir: Path) -> list[str]:
+    return sorted(p.name for p in install_dir.parent.iterdir() if ".install-" in p.name or ".old-" in p.name)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"installer exited early: {proc.communicate()}")
+        if time.monotonic() > deadline:
+            raise AssertionError("installer never reached the pause point")
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_eight_processes_at_once(home: Path, tmp_path: Path) -> None:
+    sizes = {"vmlinux": 8 << 20, "initramfs.img": 2 << 20, "crun": 1 << 20}  # big enough to overlap
+    meta = make_bundle(tmp_path / "src", KernelProfile.container, sizes=sizes)
+    procs = [_spawn(home, tmp_path / "src") for _ in range(8)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 8, [r[1] for r in results]
+    install_dir = home / ".vz" / "linux" / "container"
+    expected = f"{install_dir} {meta.kernel} {meta.sha256_vmlinux}"
+    assert {r[0].strip() for r in results} == {expected}
+    assert validate_bundle(install_dir, profile=KernelProfile.container).metadata == meta
+    assert _leftovers(install_dir) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["copying", "swapped"])
+def test_sigkill_mid_install(home: Path, tmp_path: Path, stage: str) -> None:
+    old = make_bundle(tmp_path / "v1", KernelProfile.container, kernel="6.1.1")
+    first = _spawn(home, tmp_path / "v1")
+    assert first.communicate(timeout=120)[0].split()[1] == "6.1.1"
+    install_dir = home / ".vz" / "linux" / "container"
+
+    new = make_bundle(tmp_path / "v2", KernelProfile.container, kernel="6.1.2")
+    marker = tmp_path / "paused"
+    victim = _spawn(home, tmp_path / "v2", **{TEST_PAUSE_ENV: str(marker), TEST_PAUSE_STAGE_ENV: stage})
+    _wait_for(marker, victim)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=60)
+    assert victim.returncode == -signal.SIGKILL
+
+    # Whatever the stage, what is at the install path is one complete, valid bundle.
+    survivor = validate_bundle(install_dir, profile=KernelProfile.container).metadata
+    assert survivor == (old if stage == "copying" else new)
+    if stage == "copying":
+        assert _leftovers(install_dir)  # the half-copied temp dir is there ...
+
+    after = _spawn(home, tmp_path / "v2")  # ... and the next ensure succeeds (the lock died with the victim)
+    out, err = after.communicate(timeout=120)
+    assert after.returncode == 0, err
+    assert out.split()[1] == "6.1.2"
+    assert validate_bundle(install_dir).metadata == new
+    if stage == "copying":
+        assert _leftovers(install_dir) == []  # cleaned up by the next install
+
+
+def test_reader_during_install_sees_a_whole_bundle(home: Path, tmp_path: Path) -> None:
+    """While an install is paused after copying, readers still get the previous, valid install."""
+    old = make_bundle(tmp_path / "v1", KernelProfile.container, kernel="6.1.1")
+    first = _spawn(home, tmp_path / "v1")
+    first.communicate(timeout=120)
+    make_bundle(tmp_path / "v2", KernelProfile.container, kernel="6.1.2")
+    marker = tmp_path / "paused"
+    victim = _spawn(home, tmp_path / "v2", **{TEST_PAUSE_ENV: str(marker)})
+    try:
+        _wait_for(marker, victim)
+        reader = subprocess.run(
+            [PYTHON, "-c", ENSURE], env=clean_env(home), capture_output=True, text=True, timeout=120
+        )
+        assert reader.returncode == 0, reader.stderr
+        assert reader.stdout.split()[1:] == [old.kernel, old.sha256_vmlinux]
+        assert (home / ".vz" / "linux" / "container" / layout.METADATA).exists()
+    finally:
+        victim.kill()
+        victim.wait(timeout=60)
