@@ -55,7 +55,7 @@ class Volume:
             raise VolumeError(f"volume {text!r}: the container path {destination!r} must be absolute")
         if not source.exists():
             raise VolumeError(f"volume {text!r}: host path {source} does not exist",
-                              hint="create it first (volumes are shared, not created)")
+                              hint="create it first: volumes are shared, not created")
         if not source.is_dir():
             raise VolumeError(f"volume {text!r}: host path {source} is not a directory",
                               hint="virtiofs shares directories; mount the file's parent directory")

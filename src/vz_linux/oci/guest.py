@@ -1,0 +1,94 @@
+"""What the OCI path does inside the VM: share tags, guest paths, and the commands it runs there.
+
+The container's image is shared over virtiofs under the ``rootfs`` tag's sibling
+``vz-oci-image`` — not ``rootfs`` itself, because on ``rootfs`` the guest's init switches the
+whole VM (agent included) into the share, and the runtime would then depend on the image's own
+``sh``/``mount``. Kata Containers does the same: the agent lives in the VM's own userland and mounts
+the container rootfs next to it. The init's BusyBox prepares an overlay (lower = the image share,
+upper = tmpfs, so the host's image is never written), and the bundle's static ``crun`` — shared
+read-only with the container's ``config.json`` under ``vz-oci-ctl`` — runs the container.
+Volumes are the init's ``vz-mount-N`` shares, bind-mounted into the container by ``config.json``.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shlex
+from collections.abc import Sequence
+
+IMAGE_TAG = "vz-oci-image"
+CTL_TAG = "vz-oci-ctl"
+VOLUME_TAG_PREFIX = "vz-mount-"
+
+GUEST_ROOT = "/run/vz-oci"
+GUEST_IMAGE = f"{GUEST_ROOT}/image"
+GUEST_CTL = f"{GUEST_ROOT}/ctl"  # host: the container's state dir (config.json, crun)
+GUEST_WORK = f"{GUEST_ROOT}/c"  # tmpfs: overlay upper/work and the merged rootfs
+GUEST_ROOTFS = f"{GUEST_WORK}/rootfs"
+GUEST_CRUN = f"{GUEST_CTL}/crun"
+CRUN_STATE = "/run/crun"
+# crun exits 1 (not 127) when execve finds no such file; its message is how we tell.
+CRUN_NOT_FOUND_MARKERS = (b"not found in $PATH", b"executable file `")
+
+
+def volume_tag(index: int) -> str:
+    return f"{VOLUME_TAG_PREFIX}{index}"
+
+
+def volume_guest_path(index: int) -> str:
+    """Where the guest's init mounts share ``vz-mount-N`` when no path is given on the cmdline."""
+    return f"/mnt/{volume_tag(index)}"
+
+
+def volume_cmdline(index: int) -> str:
+    return f"vz.mount.{index}={volume_guest_path(index)}"
+
+
+def prepare_script(cwd: str) -> str:
+    """BusyBox sh, run once per VM: mount the shares, build the overlay, make cgroup2 available."""
+    q = shlex.quote
+    lines = [
+        "set -e",
+        f"mkdir -p {GUEST_IMAGE} {GUEST_CTL} {GUEST_WORK}",
+        f"mount -t virtiofs -o ro {IMAGE_TAG} {GUEST_IMAGE}",
+        f"mount -t virtiofs -o ro {CTL_TAG} {GUEST_CTL}",
+        f"mount -t tmpfs -o mode=0755 vz-oci {GUEST_WORK}",
+        f"mkdir -p {GUEST_WORK}/upper {GUEST_WORK}/work {GUEST_ROOTFS}",
+        f"mount -t overlay -o lowerdir={GUEST_IMAGE},upperdir={GUEST_WORK}/upper,"
+        f"workdir={GUEST_WORK}/work vz-oci-rootfs {GUEST_ROOTFS}",
+        # A working directory the image lacks is created, as Docker does for WORKDIR.
+        f"mkdir -p {q(GUEST_ROOTFS + posixpath.normpath('/' + cwd))}",
+        # crun needs a cgroup2 hierarchy to decide its cgroup mode, even with cgroups disabled.
+        "mkdir -p /sys/fs/cgroup",
+        "grep -qw cgroup2 /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null || true",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def crun_argv(*args: str) -> list[str]:
+    return [GUEST_CRUN, f"--root={CRUN_STATE}", "--cgroup-manager=disabled", *args]
+
+
+def crun_run(container_id: str) -> list[str]:
+    return crun_argv("run", "--bundle", GUEST_CTL, container_id)
+
+
+def crun_exec(container_id: str, args: Sequence[str], env: Sequence[str], cwd: str | None) -> list[str]:
+    opts: list[str] = []
+    for item in env:
+        opts += ["--env", item]
+    if cwd:
+        opts += ["--cwd", cwd]
+    return crun_argv("exec", *opts, container_id, *args)
+
+
+def crun_kill(container_id: str, signal: str) -> list[str]:
+    return crun_argv("kill", container_id, signal)
+
+
+def crun_ps(container_id: str) -> list[str]:
+    return crun_argv("ps", container_id)
+
+
+def looks_like_not_found(exit_code: int, stderr_tail: bytes) -> bool:
+    return exit_code == 1 and any(m in stderr_tail for m in CRUN_NOT_FOUND_MARKERS)

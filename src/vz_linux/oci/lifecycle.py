@@ -1,0 +1,161 @@
+"""``create/start/exec/ps/stop/rm/logs``: container operations across CLI invocations.
+
+Each talks to the container's supervisor (:mod:`.supervisor`) through its socket, or only to the
+state store when no VM is involved (``ps``, ``logs``, ``rm`` of a finished container).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ContainerStateError, OciError
+from . import supervisor
+from .config import RuntimeConfig
+from .runtime import ContainerRequest, Sink, prepare_container, store_for
+from .spec import parse_env
+from .state import LIVE, STDERR_LOG, STDOUT_LOG, SUPERVISOR_LOG, ContainerState, Status, now, read_log
+
+
+def create(cfg: RuntimeConfig, req: ContainerRequest) -> ContainerState:
+    """Prepare the container and boot its VM under a supervisor; the process is not started."""
+    state, _bundle = prepare_container(cfg, req)
+    try:
+        supervisor.spawn(cfg, state.id)
+    except BaseException:
+        _kill_supervisor(cfg, store_for(cfg).read(state.id))
+        raise
+    return store_for(cfg).read(state.id)
+
+
+def _reply(cfg: RuntimeConfig, state: ContainerState, msg: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+    cdir = store_for(cfg).dir(state.id)
+    with contextlib.closing(supervisor.request(cdir, msg, timeout=timeout)) as replies:
+        reply = next(replies, None)
+    if reply is None:
+        raise ContainerStateError(f"the supervisor of {state.name} closed the connection",
+                                  hint=f"see {cdir / SUPERVISOR_LOG}")
+    if not reply.get("ok"):
+        err = OciError(str(reply.get("error")))
+        err.exit_code = int(reply.get("exit_code") or OciError.exit_code)
+        raise err
+    return reply
+
+
+def _live(cfg: RuntimeConfig, ref: str, action: str) -> ContainerState:
+    store = store_for(cfg)
+    state = store.find(ref)
+    status = store.effective_status(state)
+    if status not in LIVE:
+        raise ContainerStateError(f"cannot {action} container {state.name}: it is {status.value}",
+                                  hint="see `vz oci ps -a`")
+    return state
+
+
+def start(cfg: RuntimeConfig, ref: str) -> ContainerState:
+    state = _live(cfg, ref, "start")
+    if state.status is Status.running:
+        raise ContainerStateError(f"container {state.name} is already running")
+    _reply(cfg, state, {"op": "start"}, timeout=cfg.agent_ready_timeout + 120)
+    return store_for(cfg).read(state.id)
+
+
+def exec_in(cfg: RuntimeConfig, ref: str, args: Sequence[str], *, env: Sequence[str] = (),
+            cwd: str | None = None, on_stdout: Sink, on_stderr: Sink) -> int:
+    state = _live(cfg, ref, "exec in")
+    if state.status is not Status.running:
+        raise ContainerStateError(f"container {state.name} is {state.status.value}, not running",
+                                  hint=f"start it with `vz oci start {state.name}`")
+    if not args:
+        raise OciError("exec needs a command", hint="vz oci exec NAME -- CMD...")
+    msg = {"op": "exec", "args": list(args), "env": list(parse_env(env)), "cwd": cwd}
+    cdir = store_for(cfg).dir(state.id)
+    with contextlib.closing(supervisor.request(cdir, msg, timeout=cfg.exec_timeout)) as replies:
+        for reply in replies:
+            if "stdout" in reply:
+                on_stdout(base64.b64decode(reply["stdout"]))
+            elif "stderr" in reply:
+                on_stderr(base64.b64decode(reply["stderr"]))
+            elif "exit" in reply:
+                return int(reply["exit"])
+            elif not reply.get("ok", True):
+                err = OciError(str(reply.get("error")))
+                err.exit_code = int(reply.get("exit_code") or OciError.exit_code)
+                raise err
+    raise ContainerStateError(f"the supervisor of {state.name} went away during exec")
+
+
+def _kill_supervisor(cfg: RuntimeConfig, state: ContainerState) -> None:
+    """Make sure no supervisor (and so no VM: QEMU dies with it) is left for this container."""
+    if state.supervisor_pid is None:
+        return
+    if supervisor.wait_gone(state.supervisor_pid, state.supervisor_start, 30):
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(state.supervisor_pid, signal.SIGKILL)
+    supervisor.wait_gone(state.supervisor_pid, state.supervisor_start, 10)
+
+
+def stop(cfg: RuntimeConfig, ref: str, timeout: float = 10.0) -> ContainerState:
+    store = store_for(cfg)
+    state = store.find(ref)
+    if store.supervisor_alive(state):
+        with contextlib.suppress(ContainerStateError):
+            _reply(cfg, state, {"op": "stop", "timeout": timeout}, timeout=timeout + 60)
+        _kill_supervisor(cfg, state)
+    state = store.read(state.id)
+    if state.status in LIVE:
+        state = store.update(state.id, status=Status.stopped, finished=state.finished or now())
+    return state
+
+
+def remove(cfg: RuntimeConfig, ref: str, *, force: bool = False) -> str:
+    store = store_for(cfg)
+    state = store.find(ref)
+    if store.effective_status(state) in LIVE:
+        if not force:
+            raise ContainerStateError(f"container {state.name} is {state.status.value}",
+                                      hint=f"stop it first (`vz oci stop {state.name}`) or use `rm -f`")
+        stop(cfg, state.id, timeout=0)
+    _kill_supervisor(cfg, state)
+    store.remove(state.id)
+    return state.id
+
+
+def logs(cfg: RuntimeConfig, ref: str) -> tuple[bytes, bytes]:
+    store = store_for(cfg)
+    state = store.find(ref)
+    d = store.dir(state.id)
+    return read_log(d / STDOUT_LOG), read_log(d / STDERR_LOG)
+
+
+@dataclass(frozen=True)
+class PsRow:
+    id: str
+    name: str
+    image: str
+    status: Status
+    exit_code: int | None
+    created: str
+    command: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "image": self.image, "status": self.status.value,
+                "exit_code": self.exit_code, "created": self.created, "command": self.command}
+
+
+def ps(cfg: RuntimeConfig, *, all_: bool = False) -> list[PsRow]:
+    import shlex
+
+    store = store_for(cfg)
+    rows = []
+    for st in store.list():
+        status = store.effective_status(st)
+        if all_ or status in LIVE:
+            rows.append(PsRow(st.id, st.name, st.image, status, st.exit_code, st.created, shlex.join(st.args)))
+    return rows
