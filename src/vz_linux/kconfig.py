@@ -329,6 +329,10 @@ class _Explainer:
                 return f"in choice {sym.choice.name or '<choice>'}, which must select one of its options"
             if not prompts:
                 return f"no prompt (always {resulting} by its default)"
+            hidden = [n.prompt[1] for n in prompts]
+            if all(k.expr_value(c) == 0 for c in hidden):
+                return ("its prompt is only visible if " + " || ".join(show(c) for c in hidden)
+                        + f", so its default ({resulting}) applies")
             if sym.type in (k.STRING, k.INT, k.HEX):
                 return f"a {k.TYPE_TO_STR[sym.type]} option cannot be 'not set'; it is {resulting}"
             return f"kconfiglib sees {sym.name}={sym.str_value}; kernel olddefconfig gave {resulting}"
