@@ -1,0 +1,192 @@
+"""A VM described as data, turned into a QEMU argv (SPEC §6, §8).
+
+:class:`QemuVm` is a frozen description; :meth:`QemuVm.argv` is the only place that knows QEMU's
+option syntax, so two VM configurations can be compared and printed. Nothing here starts a process.
+
+Facts this encodes (SPEC §8):
+
+* x86_64 boots ``-M microvm,acpi=off`` with the PVH ``vmlinux`` as ``-kernel``; without ACPI QEMU
+  describes the virtio-mmio devices on the kernel command line (``VIRTIO_MMIO_CMDLINE_DEVICES``).
+* QEMU's virtio-mmio defaults to legacy devices, which virtiofsd refuses: force modern ones.
+* arm64 boots ``-M virt -cpu max`` with ``Image``; devices are found through the device tree.
+* the agent channel is a virtio-serial port on a Unix socket the *host* listens on (QEMU connects).
+* virtiofs needs guest RAM in shared memory (memfd backend).
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .arch import Architecture
+
+AGENT_PORT_NAME = "org.vz.agent.0"
+VHOST_VSOCK_DEVICE = Path("/dev/vhost-vsock")
+
+
+class Accel(enum.StrEnum):
+    kvm = "kvm"
+    tcg = "tcg"
+
+
+class Transport(enum.StrEnum):
+    """How virtio devices sit on the machine: memory-mapped (no bus scan) or PCI."""
+
+    mmio = "mmio"
+    pci = "pci"
+
+    def device(self, kind: str) -> str:
+        """QEMU device name for a virtio ``kind`` (``serial``, ``net``, ``rng``, ``vhost-user-fs``…)."""
+        return f"{kind}-device" if self is Transport.mmio else f"{kind}-pci"
+
+
+# Kernel command line that every boot gets. Each item is here for a reason:
+BASE_CMDLINE: tuple[str, ...] = (
+    "reboot=t",  # microvm: a guest reboot becomes a triple fault, and -no-reboot turns that into exit
+    "panic=-1",  # reboot at once on panic, so QEMU exits and the host sees it instead of a hang
+    "rdinit=/init",
+)
+
+# Boot-time cuts (issue 5 item 5); each measured with benchmarks/boot.py, see docs/vm.md.
+FAST_CMDLINE: tuple[str, ...] = (
+    "quiet",  # every console byte is an emulated UART write under TCG
+    "8250.nr_uarts=1",  # do not probe legacy serial ports a microvm does not have
+    "i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd",  # no PS/2 controller probing
+    "tsc=reliable",  # skip the TSC watchdog/clocksource calibration dance
+    "no_timer_check",  # skip the IO-APIC timer check
+    "cryptomgr.notests",  # no crypto self-tests at boot
+    "random.trust_cpu=on",  # do not wait for entropy
+)
+
+
+@dataclass(frozen=True)
+class Share:
+    """A virtiofs share: ``tag`` as seen by the guest, served by virtiofsd on ``socket``."""
+
+    tag: str
+    socket: Path
+
+
+@dataclass(frozen=True)
+class QemuVm:
+    arch: Architecture
+    kernel: Path
+    initramfs: Path | None = None
+    cpus: int = 1
+    memory_mib: int = 256
+    accel: Accel = Accel.tcg
+    cmdline_extra: tuple[str, ...] = ()
+    fast_cmdline: bool = True
+    serial_log: Path | None = None
+    # Unix socket the host listens on; QEMU connects as a client (SPEC §8).
+    agent_socket: Path | None = None
+    qmp_socket: Path | None = None
+    vsock_cid: int | None = None
+    network: bool = False
+    shares: tuple[Share, ...] = ()
+    # A virtconsole on the agent's virtio-serial bus makes /dev/hvc0 exist (hvc0_serial probe).
+    hvc_console: bool = True
+    # None: microvm (x86_64) / virt (arm64). "pc" boots stock distro kernels: theirs find virtio-mmio
+    # only through ACPI, and microvm's ACPI mode hangs them in timer calibration under TCG; pc gives
+    # them PCI virtio and the legacy timers they expect.
+    machine: str | None = None
+    transport: Transport | None = None  # None: the arch's default
+    extra_args: tuple[str, ...] = field(default=())
+
+    @property
+    def qemu_binary(self) -> str:
+        return self.arch.qemu_binary
+
+    @property
+    def machine_type(self) -> str:
+        return self.machine or {Architecture.x86_64: "microvm", Architecture.arm64: "virt"}[self.arch]
+
+    @property
+    def virtio(self) -> Transport:
+        if self.transport is not None:
+            return self.transport
+        return Transport.mmio if self.machine_type in ("microvm", "virt") else Transport.pci
+
+    def console_device(self) -> str:
+        return {Architecture.x86_64: "ttyS0", Architecture.arm64: "ttyAMA0"}[self.arch]
+
+    def kernel_cmdline(self) -> str:
+        parts: list[str] = [f"console={self.console_device()}", *BASE_CMDLINE]
+        if self.fast_cmdline:
+            parts += FAST_CMDLINE if self.arch is Architecture.x86_64 else ("quiet", "cryptomgr.notests",
+                                                                          "random.trust_cpu=on")
+        parts += self.cmdline_extra
+        return " ".join(parts)
+
+    def machine_args(self) -> list[str]:
+        mem_backend = ",memory-backend=mem" if self.shares else ""
+        cpu = ["-cpu", "max" if self.accel is Accel.tcg else "host"]
+        if self.machine_type == "microvm":
+            # acpi=off: QEMU then lists the virtio-mmio devices on the kernel command line.
+            # x-option-roms=off: qboot skips the option-ROM scan.
+            return ["-M", f"microvm,acpi=off,x-option-roms=off{mem_backend}", *cpu]
+        if self.machine_type == "virt":
+            return ["-M", f"virt,gic-version=3{mem_backend}", *cpu]
+        return ["-M", f"{self.machine_type}{mem_backend}", *cpu]
+
+    def argv(self) -> list[str]:
+        a: list[str] = [self.qemu_binary, *self.machine_args()]
+        a += ["-accel", self.accel.value]
+        a += ["-smp", str(self.cpus), "-m", f"{self.memory_mib}M"]
+        a += ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]
+        if self.virtio is Transport.mmio:
+            # virtiofsd refuses legacy virtio devices, and modern ones are faster to set up.
+            a += ["-global", "virtio-mmio.force-legacy=false"]
+        a += ["-kernel", str(self.kernel)]
+        if self.initramfs is not None:
+            a += ["-initrd", str(self.initramfs)]
+        a += ["-append", self.kernel_cmdline()]
+        # Serial console: to a log file (or nowhere). -nodefaults removed the default one.
+        if self.serial_log is not None:
+            a += ["-chardev", f"file,id=con0,path={self.serial_log}", "-serial", "chardev:con0"]
+        else:
+            a += ["-serial", "null"]
+        if self.qmp_socket is not None:
+            a += ["-chardev", f"socket,id=qmp0,path={self.qmp_socket}", "-mon", "chardev=qmp0,mode=control"]
+        if self.agent_socket is not None or self.hvc_console:
+            a += ["-device", f"{self.virtio.device('virtio-serial')},id=vser0"]
+            if self.hvc_console:
+                # virtconsole nr 0 = /dev/hvc0; output is discarded (the serial log has the console).
+                a += ["-chardev", "null,id=hvc0", "-device", "virtconsole,chardev=hvc0,bus=vser0.0"]
+            if self.agent_socket is not None:
+                a += ["-chardev", f"socket,id=agent0,path={self.agent_socket}",
+                      "-device", f"virtserialport,chardev=agent0,name={AGENT_PORT_NAME},bus=vser0.0"]
+        if self.vsock_cid is not None:
+            a += ["-device", f"{self.virtio.device('vhost-vsock')},guest-cid={self.vsock_cid}"]
+        if self.network:
+            # User-mode network: QEMU's built-in DHCP gives the guest 10.0.2.15, the host is 10.0.2.2.
+            a += ["-netdev", "user,id=net0", "-device", f"{self.virtio.device('virtio-net')},netdev=net0"]
+        if self.shares:
+            a += ["-object", f"memory-backend-memfd,id=mem,size={self.memory_mib}M,share=on"]
+            for i, share in enumerate(self.shares):
+                a += ["-chardev", f"socket,id=fs{i},path={share.socket}",
+                      "-device", f"{self.virtio.device('vhost-user-fs')},chardev=fs{i},tag={share.tag}"]
+        a += list(self.extra_args)
+        return a
+
+
+def vhost_vsock_available() -> bool:
+    """vsock needs the host's vhost-vsock device (absent here, SPEC §8)."""
+    return VHOST_VSOCK_DEVICE.exists() and os.access(VHOST_VSOCK_DEVICE, os.R_OK | os.W_OK)
+
+
+def describe(argv: Sequence[str]) -> str:
+    """One option per line, for `--verbose` output and docs."""
+    out: list[str] = [argv[0]]
+    i = 1
+    while i < len(argv):
+        if argv[i].startswith("-") and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+            out.append(f"  {argv[i]} {argv[i + 1]}")
+            i += 2
+        else:
+            out.append(f"  {argv[i]}")
+            i += 1
+    return "\n".join(out)

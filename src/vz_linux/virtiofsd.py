@@ -1,0 +1,74 @@
+"""One virtiofsd per share per VM boot, as a context manager (SPEC §8).
+
+Debian's QEMU 7.2 ships the C daemon at ``/usr/lib/qemu/virtiofsd``; it serves one connection and
+exits, so every boot needs a fresh one. Readiness is a fact, not a sleep: we bind and listen on the
+vhost-user socket ourselves and hand the listening fd to the daemon (``--fd``), so the socket
+accepts QEMU's connection the moment the daemon has been spawned.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InvalidConfigError, ToolMissingError
+from .run import spawn
+
+VIRTIOFSD = Path("/usr/lib/qemu/virtiofsd")
+
+
+class CacheMode(enum.StrEnum):
+    auto = "auto"
+    always = "always"
+    none = "none"
+
+
+@dataclass(frozen=True)
+class VirtiofsdConfig:
+    source: Path
+    socket_path: Path
+    cache: CacheMode = CacheMode.auto
+    xattr: bool = False
+    binary: Path = VIRTIOFSD
+
+    def argv(self, fd: int) -> list[str]:
+        opts = [f"source={self.source}", f"cache={self.cache.value}", "xattr" if self.xattr else "no_xattr"]
+        return [str(self.binary), f"--fd={fd}", "-o", ",".join(opts)]
+
+
+@dataclass(frozen=True)
+class RunningVirtiofsd:
+    config: VirtiofsdConfig
+    process: subprocess.Popen[bytes]
+    log_path: Path | None
+
+
+@contextlib.contextmanager
+def virtiofsd(config: VirtiofsdConfig, *, log_path: Path | None = None) -> Iterator[RunningVirtiofsd]:
+    """Start virtiofsd serving ``config.source`` on ``config.socket_path``; stop and reap it on exit."""
+    if not config.source.is_dir():
+        raise InvalidConfigError(f"share source {config.source} is not a directory")
+    if not config.binary.exists():
+        raise ToolMissingError(f"{config.binary} not found", hint="install qemu-system-common (scripts/setup.sh)")
+    with contextlib.ExitStack() as stack:
+        with contextlib.suppress(FileNotFoundError):
+            config.socket_path.unlink()
+        listener = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+        listener.bind(str(config.socket_path))
+        stack.callback(lambda: config.socket_path.unlink(missing_ok=True))
+        listener.listen(1)
+        fd = listener.fileno()
+        os.set_inheritable(fd, True)
+        log = stack.enter_context(open(log_path, "ab")) if log_path is not None else None
+        proc = stack.enter_context(
+            spawn(config.argv(fd), pass_fds=[fd], stdout=log or subprocess.DEVNULL,
+                  stderr=log or subprocess.DEVNULL)
+        )
+        # The daemon holds its own copy of the listening fd; ours can go.
+        yield RunningVirtiofsd(config, proc, log_path)

@@ -1,0 +1,394 @@
+"""``LinuxVm``: boot a bundle (or kernel + initramfs) with QEMU and talk to its guest agent (SPEC §6).
+
+Every resource of a boot — the work directory, the listening sockets, each virtiofsd, QEMU, the QMP
+connection, the agent client — is entered on one :class:`contextlib.ExitStack`, so teardown runs in
+reverse on any exit. Helpers are started through :func:`vz_linux.run.spawn` (own process group,
+parent-death SIGKILL), so even a SIGKILLed host leaves no QEMU or virtiofsd behind. A SIGTERM to a
+program using the CLI becomes ``KeyboardInterrupt`` (``cli.common``) and unwinds the stack.
+
+Readiness is a fact: the host listens on the agent socket before QEMU starts, QEMU connects as a
+client, and the VM is ready when the agent answers hello with our protocol revision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from .accel import AccelChoice, AccelVerdict, resolve_accel
+from .agent_client import AgentClient, AgentHello, ExecResult, ExecStream, ProbeResult
+from .arch import Architecture
+from .errors import AgentError, AgentTimeoutError, GuestBootError, InvalidConfigError, VmError
+from .layout import BundlePaths
+from .qemu import Accel, QemuVm, Share, Transport
+from .run import spawn, terminate
+from .version import AGENT_PROTOCOL_REVISION
+from .virtiofsd import CacheMode, VirtiofsdConfig, virtiofsd
+
+log = logging.getLogger("vz_linux.vm")
+
+ROOTFS_TAG = "rootfs"
+PANIC_MARKER = "Kernel panic"
+LOG_TAIL_LINES = 40
+QMP_CONNECT_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class VmShare:
+    """A host directory offered to the guest over virtiofs under ``tag``."""
+
+    tag: str
+    source: Path
+    cache: CacheMode = CacheMode.auto
+
+
+@dataclass(frozen=True)
+class VmConfig:
+    kernel: Path
+    initramfs: Path | None = None
+    arch: Architecture = field(default_factory=Architecture.host)
+    cpus: int = 1
+    memory_mib: int = 256
+    cmdline_extra: tuple[str, ...] = ()
+    fast_cmdline: bool = True
+    network: bool = False
+    rootfs: Path | None = None  # shared as tag "rootfs": init overlays it and chroots (SPEC §5)
+    shares: tuple[VmShare, ...] = ()  # further shares, conventionally tagged vz-mount-N
+    serial_log: Path | None = None  # None: kept in the VM's work dir (for error reports) and deleted
+    accel: AccelChoice = AccelChoice.auto
+    vsock_cid: int | None = None  # only used when the host has /dev/vhost-vsock
+    hvc_console: bool = True
+    machine: str | None = None  # None: microvm (x86_64) / virt (arm64); "pc" for stock kernels
+    transport: Transport | None = None
+
+    @classmethod
+    def from_bundle(cls, bundle_dir: Path, **overrides: Any) -> VmConfig:
+        """Kernel, initramfs and arch of a bundle directory (SPEC §1)."""
+        paths = BundlePaths(Path(bundle_dir))
+        for p in (paths.kernel, paths.initramfs):
+            if not p.is_file():
+                raise InvalidConfigError(f"{bundle_dir} is not a bundle: {p.name} is missing",
+                                         hint="build one with `vz-linux build` or pass --kernel/--initramfs")
+        arch = Architecture.host()
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            arch = Architecture.parse(str(json.loads(paths.metadata.read_text())["arch"]))
+        return cls(kernel=paths.kernel, initramfs=paths.initramfs, **{"arch": arch, **overrides})
+
+    def all_shares(self) -> tuple[VmShare, ...]:
+        root = (VmShare(ROOTFS_TAG, self.rootfs),) if self.rootfs is not None else ()
+        return root + self.shares
+
+    def validate(self) -> None:
+        if not self.kernel.is_file():
+            raise InvalidConfigError(f"kernel {self.kernel} does not exist")
+        if self.initramfs is not None and not self.initramfs.is_file():
+            raise InvalidConfigError(f"initramfs {self.initramfs} does not exist")
+        if self.cpus < 1 or self.memory_mib < 32:
+            raise InvalidConfigError("a VM needs at least 1 CPU and 32 MiB of memory")
+        tags = [s.tag for s in self.all_shares()]
+        if len(set(tags)) != len(tags):
+            raise InvalidConfigError(f"share tags must be unique: {', '.join(tags)}")
+        for s in self.all_shares():
+            if not s.source.is_dir():
+                raise InvalidConfigError(f"share {s.tag}: {s.source} is not a directory")
+
+
+@dataclass(frozen=True)
+class BootTimes:
+    """Host ``time.monotonic_ns()`` stamps of one boot (for the benchmark's phase split)."""
+
+    spawned_ns: int  # just before QEMU was spawned
+    vmm_ready_ns: int  # QEMU answered QMP: devices created, the guest about to run
+    agent_ready_ns: int  # the answered hello arrived
+    hello: AgentHello
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a (serial) log; '' if there is none."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 16384))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class LinuxVm:
+    """One QEMU guest. Use as a context manager, or call :meth:`start` / :meth:`stop`."""
+
+    def __init__(self, config: VmConfig, *, workdir_parent: Path | None = None) -> None:
+        config.validate()
+        self.config = config
+        self._workdir_parent = workdir_parent
+        self._stack = contextlib.ExitStack()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._qmp: Any = None
+        self._agent_listener: socket.socket | None = None
+        self._client: AgentClient | None = None
+        self.workdir: Path | None = None
+        self.qemu: QemuVm | None = None
+        self.accel: AccelVerdict | None = None
+        self.serial_log: Path | None = config.serial_log
+        self.spawned_ns = 0
+        self.vmm_ready_ns = 0
+        self.times: BootTimes | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def __enter__(self) -> LinuxVm:
+        self.start()
+        return self
+
+    def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return self._proc
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def start(self) -> None:
+        """Spawn QEMU (and virtiofsd per share). Returns once QEMU is up; the guest boots on."""
+        if self._proc is not None:
+            raise VmError("this LinuxVm was already started")
+        try:
+            self._start()
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def _start(self) -> None:
+        cfg = self.config
+        # Unix socket paths are limited to 108 bytes: keep the work dir short (under /tmp by default).
+        self.workdir = Path(tempfile.mkdtemp(prefix="vz-vm-", dir=self._workdir_parent))
+        workdir = self.workdir
+        self._stack.callback(shutil.rmtree, workdir, True)
+        if self.serial_log is None:
+            self.serial_log = workdir / "serial.log"
+        self.serial_log.parent.mkdir(parents=True, exist_ok=True)
+        self.serial_log.write_bytes(b"")  # fresh log per boot: the panic scan must not see an old one
+
+        self.accel = resolve_accel(cfg.accel)
+        if self.accel.accel is Accel.kvm and cfg.arch is not Architecture.host():
+            self.accel = AccelVerdict(Accel.tcg, f"{cfg.arch} guest on a {Architecture.host()} host: using TCG")
+
+        agent_path = workdir / "agent.sock"
+        qmp_path = workdir / "qmp.sock"
+        self._agent_listener = self._listen(agent_path)
+        qmp_listener = self._listen(qmp_path)
+
+        shares: list[Share] = []
+        for i, share in enumerate(cfg.all_shares()):
+            sock = workdir / f"fs{i}.sock"
+            self._stack.enter_context(virtiofsd(
+                VirtiofsdConfig(source=share.source, socket_path=sock, cache=share.cache),
+                log_path=workdir / f"virtiofsd-{i}.log"))
+            shares.append(Share(share.tag, sock))
+
+        from .qemu import vhost_vsock_available
+
+        self.qemu = QemuVm(
+            arch=cfg.arch, kernel=cfg.kernel, initramfs=cfg.initramfs, cpus=cfg.cpus,
+            memory_mib=cfg.memory_mib, accel=self.accel.accel, cmdline_extra=cfg.cmdline_extra,
+            fast_cmdline=cfg.fast_cmdline, serial_log=self.serial_log, agent_socket=agent_path,
+            qmp_socket=qmp_path, network=cfg.network, shares=tuple(shares), hvc_console=cfg.hvc_console,
+            vsock_cid=cfg.vsock_cid if cfg.vsock_cid is not None and vhost_vsock_available() else None,
+            machine=cfg.machine, transport=cfg.transport,
+        )
+        argv = self.qemu.argv()
+        stderr = self._stack.enter_context(open(workdir / "qemu.stderr", "wb"))  # noqa: SIM115
+        self.spawned_ns = time.monotonic_ns()
+        self._proc = self._stack.enter_context(spawn(argv, stderr=stderr, terminate_timeout=3.0))
+        self._connect_qmp(qmp_listener)
+        self.vmm_ready_ns = time.monotonic_ns()
+        qmp_listener.close()
+
+    def _listen(self, path: Path) -> socket.socket:
+        s = self._stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC))
+        s.bind(str(path))
+        s.listen(1)
+        return s
+
+    def _connect_qmp(self, listener: socket.socket) -> None:
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+
+        conn = self._accept(listener, QMP_CONNECT_TIMEOUT, "QMP monitor")
+        qmp = QEMUMonitorProtocol(conn)
+        qmp.settimeout(QMP_CONNECT_TIMEOUT)
+        try:
+            qmp.connect(negotiate=True)
+        except Exception as e:  # qemu.qmp raises its own hierarchy; any failure means no clean control
+            qmp.close()
+            raise self._boot_error(f"QEMU's QMP monitor did not answer: {e}") from e
+        self._qmp = qmp
+        self._stack.callback(qmp.close)
+
+    def _accept(self, listener: socket.socket, timeout: float, what: str) -> socket.socket:
+        deadline = time.monotonic() + timeout
+        listener.settimeout(0.05)
+        while True:
+            try:
+                conn, _ = listener.accept()
+                conn.settimeout(None)
+                return conn
+            except TimeoutError:
+                pass
+            self._raise_if_exited(f"before connecting its {what}")
+            if time.monotonic() > deadline:
+                raise self._boot_error(f"QEMU did not connect its {what} within {timeout:.0f}s")
+
+    def _raise_if_exited(self, when: str) -> None:
+        if self._proc is not None and self._proc.poll() is not None:
+            raise self._boot_error(f"QEMU exited with code {self._proc.returncode} {when}")
+
+    def _boot_error(self, message: str) -> GuestBootError:
+        """A :class:`GuestBootError` with QEMU's stderr and the serial log tail, naming a panic."""
+        log_tail = tail(self.serial_log) if self.serial_log is not None else ""
+        err = tail(self.workdir / "qemu.stderr", 5) if self.workdir is not None else ""
+        if PANIC_MARKER in log_tail:
+            panic = next(line for line in log_tail.splitlines() if PANIC_MARKER in line)
+            message = f"guest kernel panicked: {panic.strip()} ({message})"
+        parts = [message]
+        if err.strip():
+            parts.append(f"QEMU stderr:\n{err}")
+        if log_tail.strip():
+            parts.append(f"serial log tail ({self.serial_log}):\n{log_tail}")
+        return GuestBootError("\n".join(parts))
+
+    def wait_for_agent(self, timeout: float = 60.0,
+                       on_retry: Callable[[int, float], None] | None = None,
+                       *, attempt_timeout: float = 0.5) -> AgentHello:
+        """Block until the agent answers hello with our protocol revision.
+
+        Raises :class:`GuestBootError` (with the serial log tail, naming a kernel panic) when QEMU
+        exits or ``timeout`` passes first. ``on_retry(attempt, elapsed_s)`` is called per attempt.
+        """
+        if self._proc is None or self._agent_listener is None:
+            raise VmError("wait_for_agent() before start()")
+        if self._client is not None and self.times is not None:
+            return self.times.hello
+        start = time.monotonic()
+        deadline = start + timeout
+        conn = self._accept(self._agent_listener, timeout, "agent channel")
+        client = AgentClient.from_socket(conn, default_timeout=30.0)
+        self._stack.callback(client.close)
+        attempt = 0
+        while True:
+            attempt += 1
+            now = time.monotonic()
+            if on_retry is not None:
+                on_retry(attempt, now - start)
+            self._raise_if_exited("before the guest agent answered")
+            if self.serial_log is not None and PANIC_MARKER in tail(self.serial_log):
+                raise self._boot_error("before the guest agent answered")
+            if now >= deadline:
+                raise self._boot_error(f"the guest agent did not answer within {timeout:.0f}s")
+            try:
+                hello = client.hello(timeout=min(attempt_timeout, max(0.05, deadline - now)))
+                break
+            except AgentTimeoutError:
+                continue
+            except AgentError as e:
+                # The channel broke: almost always QEMU going away (panic, reboot) — report that.
+                if _exited(self._proc, 2.0):
+                    raise self._boot_error("before the guest agent answered") from e
+                raise self._boot_error(f"agent channel failed: {e}") from e
+        if hello.protocol_revision != AGENT_PROTOCOL_REVISION:
+            raise GuestBootError(
+                f"guest agent speaks protocol revision {hello.protocol_revision}, this host needs "
+                f"{AGENT_PROTOCOL_REVISION}", hint="rebuild the bundle with this vz-linux release")
+        self._client = client
+        self.times = BootTimes(self.spawned_ns, self.vmm_ready_ns, hello.host_received_ns, hello)
+        return hello
+
+    @property
+    def agent(self) -> AgentClient:
+        if self._client is None:
+            raise VmError("the guest agent is not ready: call wait_for_agent() first")
+        return self._client
+
+    # --- guest operations -------------------------------------------------------------------------
+    def exec_collect(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+                     cwd: str | None = None, stdin: bytes | None = None,
+                     timeout: float | None = None) -> ExecResult:
+        return self.agent.exec_collect(argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout)
+
+    def exec_stream(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
+                    cwd: str | None = None, stdin: bytes | None = None,
+                    timeout: float | None = None) -> ExecStream:
+        return self.agent.exec_stream(argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout)
+
+    def probe(self, capability: str, snippet: str, *, timeout: float = 20.0) -> ProbeResult:
+        return self.agent.probe(capability, snippet, timeout=timeout)
+
+    def qmp(self, command: str, **args: object) -> object:
+        if self._qmp is None:
+            raise VmError("QEMU is not running")
+        return self._qmp.cmd(command, **args)
+
+    def rss_bytes(self) -> int:
+        """QEMU's resident memory now (VmRSS of its process)."""
+        if self._proc is None:
+            raise VmError("QEMU is not running")
+        for line in Path(f"/proc/{self._proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise VmError("cannot read QEMU's VmRSS")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Quit QEMU cleanly through QMP, then make sure (terminate/kill); tear down everything."""
+        proc, qmp = self._proc, self._qmp
+        try:
+            if proc is not None and proc.poll() is None and qmp is not None:
+                with contextlib.suppress(Exception):  # a dead monitor just means we go straight to kill
+                    qmp.settimeout(timeout)
+                    qmp.cmd("quit")
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout)
+            if proc is not None:
+                terminate(proc, timeout=timeout)
+        finally:
+            self._qmp = None
+            self._client = None
+            self._stack.close()
+
+    def __repr__(self) -> str:
+        return f"LinuxVm({self.config.kernel}, pid={self.pid})"
+
+
+def _exited(proc: subprocess.Popen[bytes], within: float) -> bool:
+    try:
+        proc.wait(within)
+        return True
+    except subprocess.TimeoutExpired:
+        return False
+
+
+@contextlib.contextmanager
+def booted(config: VmConfig, *, timeout: float = 60.0,
+           on_retry: Callable[[int, float], None] | None = None) -> Iterator[LinuxVm]:
+    """Start a VM and wait for its agent; stop it on exit."""
+    with LinuxVm(config) as vm:
+        vm.wait_for_agent(timeout, on_retry)
+        yield vm
+
+
+def with_overrides(config: VmConfig, **changes: Any) -> VmConfig:
+    return replace(config, **changes)
