@@ -242,8 +242,12 @@ def _exchange(a: Path, b: Path) -> None:
         raise OSError(err, os.strerror(err), str(a))
 
 
-def _swap_in(tmp: Path, install_dir: Path) -> None:
-    """Make ``tmp`` the install dir; the previous install (if any) ends up at ``tmp``."""
+def swap_in(tmp: Path, install_dir: Path) -> None:
+    """Atomically make directory ``tmp`` the ``install_dir``; the previous one (if any) ends up at ``tmp``.
+
+    Public for other writers of whole bundle dirs (the build's ``linux/out``); the caller deletes
+    ``tmp`` afterwards and should fsync the parent.
+    """
     if install_dir.is_symlink() or (install_dir.exists() and not install_dir.is_dir()):
         raise InstallError(
             f"install dir {install_dir} exists and is not a directory",
@@ -262,6 +266,9 @@ def _swap_in(tmp: Path, install_dir: Path) -> None:
         os.rename(install_dir, old)
         os.rename(tmp, install_dir)
         os.rename(old, tmp)
+
+
+_swap_in = swap_in  # the name userland.py imported first
 
 
 def _stale_prefixes(install_dir: Path) -> tuple[str, str]:
@@ -304,7 +311,7 @@ def _install_locked(source: Path, meta_bytes: bytes, metadata: BundleMetadata, i
         record = InstallRecord(metadata_sha256=sha256_bytes(meta_bytes), source=str(source.resolve()), files=stamps)
         _write_new(tmp / layout.INSTALL_RECORD, (record.model_dump_json(indent=2) + "\n").encode())
         fsync_dir(tmp)
-        _swap_in(tmp, install_dir)
+        swap_in(tmp, install_dir)
         fsync_dir(install_dir.parent)
         _test_pause("swapped")
     except OSError as e:
