@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import ContainerStateError, OciError
 from ..profiles import KernelProfile
@@ -36,6 +36,7 @@ from .state import (
 
 if TYPE_CHECKING:
     from ..bundle import KernelBundle
+    from ..vm import LinuxVm, VmConfig
 
 Sink = Callable[[bytes], None]
 _TAIL = 4096
@@ -123,15 +124,15 @@ class ContainerVm:
         self.bundle = bundle
         self.cdir = cdir
         self._stack = contextlib.ExitStack()
-        self._vm: Any = None
+        self._vm: LinuxVm | None = None
 
-    def vm_config(self) -> Any:
-        from ..vm import Share, VmConfig
+    def vm_config(self) -> VmConfig:
+        from ..vm import VmConfig, VmShare
 
-        shares = [Share(guest.IMAGE_TAG, Path(self.state.rootfs)), Share(guest.CTL_TAG, self.cdir)]
-        shares += [Share(guest.volume_tag(i), v.source) for i, v in enumerate(self.state.volumes)]
+        shares = [VmShare(guest.IMAGE_TAG, Path(self.state.rootfs)), VmShare(guest.CTL_TAG, self.cdir)]
+        shares += [VmShare(guest.volume_tag(i), v.source) for i, v in enumerate(self.state.volumes)]
         return VmConfig.from_bundle(
-            self.bundle,
+            self.bundle.root,
             cpus=self.state.cpus,
             memory_mib=self.state.memory_mib,
             network=self.state.network,
@@ -155,10 +156,28 @@ class ContainerVm:
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
+    @property
+    def vm(self) -> LinuxVm:
+        if self._vm is None:
+            raise OciError("the container's VM is not running")
+        return self._vm
+
     def _exec(self, argv: Sequence[str], on_stdout: Sink, on_stderr: Sink,
               timeout: float | None = None) -> int:
-        result = self._vm.exec_stream(list(argv), on_stdout=on_stdout, on_stderr=on_stderr, timeout=timeout)
-        return int(result if isinstance(result, int) else result.exit_code)
+        from ..agent_protocol import Stream
+
+        stream = self.vm.exec_stream(list(argv), timeout=timeout)
+        for chunk in stream:
+            (on_stderr if chunk.stream is Stream.STDERR else on_stdout)(chunk.data)
+        result = stream.result
+        assert result is not None
+        if result.timed_out:
+            raise OciError(f"{argv[0]} did not finish within {timeout:.0f}s and was killed")
+        if result.exit_code is None:
+            return 128 + (result.signal or 0)  # the shell's convention for a killed process
+        if result.exit_code == 127 and result.error:
+            raise OciError(f"the guest could not run {argv[0]}: {result.error}")
+        return result.exit_code
 
     def _collect(self, argv: Sequence[str], timeout: float = 60.0) -> tuple[int, bytes]:
         out = bytearray()
