@@ -33,6 +33,7 @@ struct conn {
     struct buf in, out;
     int closing;     /* flush out, then close */
     int hup;         /* serial only: host end not connected */
+    int eof;         /* peer half-closed: finish its execs, flush, then close */
     int64_t closing_deadline;
 };
 
@@ -70,6 +71,7 @@ void exec_queue_stdin(struct exec *e, const uint8_t *p, size_t n, int eof);
 void exec_reap_all(void);
 void exec_detach_conn(struct conn *c);
 void exec_tick(void);
+int exec_count(const struct conn *c);
 
 /* ops.c */
 void handle_frame(struct conn *c, const struct vz_frame *f);

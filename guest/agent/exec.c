@@ -280,3 +280,11 @@ void exec_tick(void)
         finish(e);
     }
 }
+
+int exec_count(const struct conn *c)
+{
+    int n = 0;
+    for (int i = 0; i < MAX_EXECS; i++)
+        n += g_execs[i].used && g_execs[i].conn == c;
+    return n;
+}

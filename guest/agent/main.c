@@ -176,14 +176,8 @@ static void conn_read(struct conn *c)
                 serial_hangup(c);
             else if (buf_size(&c->in) > 0 || n < 0)
                 conn_close(c); /* truncated frame or error */
-            else {
-                c->closing = 1; /* clean EOF: flush what is queued, then close */
-                c->closing_deadline = now_ms() + 2000;
-                if (c->kind == CONN_STDIO && c->in_fd >= 0) {
-                    close(c->in_fd);
-                    c->in_fd = -1;
-                }
-            }
+            else
+                c->eof = 1; /* clean half-close: results of running requests still go out */
             return;
         }
         if (buf_append(&c->in, tmp, (size_t)n))
@@ -278,7 +272,9 @@ static int listen_unix(const char *path)
     struct sockaddr_un sa;
     struct stat st;
     int fd;
-    if (strlen(path) >= sizeof sa.sun_path) {
+    char tmp[sizeof sa.sun_path];
+    /* Bind a temporary name and rename it once listening: the path appearing means "ready". */
+    if (snprintf(tmp, sizeof tmp, "%s.%d.tmp", path, (int)getpid()) >= (int)sizeof tmp) {
         fprintf(stderr, "vz-agent: unix socket path too long: %s\n", path);
         return -1;
     }
@@ -287,11 +283,14 @@ static int listen_unix(const char *path)
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     memset(&sa, 0, sizeof sa);
     sa.sun_family = AF_UNIX;
-    strcpy(sa.sun_path, path);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, 16) != 0) {
+    strcpy(sa.sun_path, tmp);
+    unlink(tmp);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || listen(fd, 16) != 0 ||
+        rename(tmp, path) != 0) {
         fprintf(stderr, "vz-agent: listen on unix:%s: %s\n", path, strerror(errno));
         if (fd >= 0)
             close(fd);
+        unlink(tmp);
         return -1;
     }
     return fd;
@@ -415,11 +414,15 @@ static void loop(void)
                 conn_close(c);
                 continue;
             }
+            if (c->eof && buf_size(&c->out) == 0 && exec_count(c) == 0) {
+                conn_close(c);
+                continue;
+            }
             if (c->in_fd == c->out_fd) {
-                short ev = (short)((c->closing ? 0 : POLLIN) | (buf_size(&c->out) ? POLLOUT : 0));
-                ADD(c->in_fd, ev, P_CONN_IN, c);
+                short ev = (short)((c->closing || c->eof ? 0 : POLLIN) | (buf_size(&c->out) ? POLLOUT : 0));
+                ADD(c->in_fd, ev, P_CONN_IN, c); /* even with no events: HUP/ERR are reported */
             } else {
-                if (!c->closing && c->in_fd >= 0)
+                if (!c->closing && !c->eof && c->in_fd >= 0)
                     ADD(c->in_fd, POLLIN, P_CONN_IN, c);
                 if (buf_size(&c->out))
                     ADD(c->out_fd, POLLOUT, P_CONN_OUT, c);
@@ -464,6 +467,10 @@ static void loop(void)
                     break;
                 if (c->kind == CONN_SERIAL && (re & POLLHUP)) {
                     serial_hangup(c);
+                    break;
+                }
+                if (c->eof && (re & (POLLHUP | POLLERR))) {
+                    conn_close(c); /* half-closed peer went away entirely */
                     break;
                 }
                 if (re & (POLLIN | POLLHUP | POLLERR)) {
