@@ -81,12 +81,17 @@ def _container_options(f: Any) -> Any:
     return f
 
 
+def _command(command: tuple[str, ...]) -> tuple[str, ...]:
+    # With options ending at IMAGE, click hands the `--` separator through as an argument.
+    return command[1:] if command[:1] == ("--",) else command
+
+
 def _request(image: str, command: tuple[str, ...], env: tuple[str, ...], workdir: str | None,
              volumes: tuple[str, ...], name: str | None) -> Any:
     from ..oci.runtime import ContainerRequest
     from ..oci.spec import Volume, parse_env
 
-    return ContainerRequest(image=image, command=tuple(command), env=parse_env(env), workdir=workdir,
+    return ContainerRequest(image=image, command=_command(command), env=parse_env(env), workdir=workdir,
                             volumes=tuple(Volume.parse(v) for v in volumes), name=name)
 
 
@@ -140,7 +145,7 @@ def exec_(env: tuple[str, ...], workdir: str | None, data_dir: Path | None, cont
     """Run CMD inside a running container; exit with its exit code."""
     from ..oci.lifecycle import exec_in
 
-    return exec_in(_config(data_dir), container, command, env=env, cwd=workdir,
+    return exec_in(_config(data_dir), container, _command(command), env=env, cwd=workdir,
                    on_stdout=_write(sys.stdout), on_stderr=_write(sys.stderr))
 
 
