@@ -6,10 +6,26 @@ and what ends up in ``version.json``.
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .profiles import KernelCapability
+from filelock import FileLock
+
+from .arch import Architecture
+from .dotconfig import parse_dotconfig
+from .errors import BuildError
+from .layout import cache_root
+from .profiles import KernelCapability, KernelProfile
+from .run import quote, run, spawn
+
+if TYPE_CHECKING:
+    from .sources import KernelSource
 
 
 @dataclass(frozen=True)
@@ -42,3 +58,129 @@ class KernelInfo:
     toolchain: ToolchainInfo
     capabilities: frozenset[KernelCapability]
     image_path: Path  # the cached image (vmlinux on x86_64, arch/arm64/boot/Image on arm64)
+
+
+# --- toolchain identity -------------------------------------------------------------------------
+def _first_line(argv: list[str]) -> str:
+    proc = run(argv)
+    return proc.stdout.decode(errors="replace").splitlines()[0].strip()
+
+
+def toolchain_info(arch: Architecture) -> ToolchainInfo:
+    """Compiler and binutils versions for ``arch`` (part of the kernel cache key)."""
+    cross = arch.cross_compile_prefix()
+    return ToolchainInfo(
+        compiler=_first_line([f"{cross}gcc", "--version"]),
+        binutils=_first_line([f"{cross}ld", "--version"]),
+        cross_compile=cross,
+    )
+
+
+# --- compile -----------------------------------------------------------------------------------
+def build_dir(profile: KernelProfile, arch: Architecture) -> Path:
+    """The persistent out-of-tree build dir of (profile, arch): incremental across builds."""
+    return cache_root() / "build" / f"{profile.value}-{arch.value}"
+
+
+def make_target(arch: Architecture) -> str:
+    """The make target that produces :attr:`Architecture.kernel_image_path`."""
+    return {Architecture.x86_64: "vmlinux", Architecture.arm64: "Image"}[arch]
+
+
+# First-build estimates of kbuild's object lines (replaced by the real count after one build).
+_ESTIMATED_OBJECTS = {KernelProfile.container: 1900, KernelProfile.developer: 3800}
+# kbuild's quiet output: "  CC      kernel/fork.o", "  AR      lib/lib.a", "  LD      vmlinux".
+_OBJECT_LINE = re.compile(r"^\s+(CC|AS|AR|LD|CPP|HOSTCC|HOSTLD|GEN|OBJCOPY|LDS|CC \[M\])\s+\S")
+
+
+@dataclass(frozen=True)
+class CompileProgress:
+    done: int  # kbuild object lines seen so far
+    total: int  # estimate (the last build's count, or a per-profile guess)
+    elapsed: float  # seconds
+    line: str  # the last line kbuild printed
+
+
+ProgressFn = Callable[[CompileProgress], None]
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    image: Path  # inside the build dir
+    release: str
+    log_path: Path
+    seconds: float
+    objects: int
+
+
+def _tail(path: Path, lines: int = 25) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def compile_kernel(
+    source: KernelSource,
+    config_text: str,
+    profile: KernelProfile,
+    arch: Architecture,
+    *,
+    builddir: Path | None = None,
+    jobs: int | None = None,
+    nice: int = 0,
+    progress: ProgressFn | None = None,
+) -> CompileResult:
+    """Compile the kernel image of ``config_text`` out of tree in ``builddir``.
+
+    Runs ``make -j<all cores> <vmlinux|Image>``; every line goes to ``<builddir>/build.log``;
+    a failure raises :class:`BuildError` carrying the log's tail.
+    """
+    from .kconfig import make_argv, write_if_changed
+
+    builddir = builddir or build_dir(profile, arch)
+    builddir.mkdir(parents=True, exist_ok=True)
+    log_path = builddir / "build.log"
+    count_file = builddir / ".vz-linux-objects"
+    try:
+        total = int(count_file.read_text())
+    except (OSError, ValueError):
+        total = _ESTIMATED_OBJECTS[profile]
+    jobs = jobs or os.cpu_count() or 1
+    with FileLock(str(builddir) + ".lock"):
+        # Unchanged text keeps the file's mtime, so make only rebuilds what changed.
+        write_if_changed(builddir / ".config", config_text)
+        prefix = ["nice", "-n", str(nice)] if nice else []
+        argv = [*prefix, *make_argv(source, builddir, arch, f"-j{jobs}", make_target(arch))]
+        argv.remove("-s")  # keep kbuild's per-object lines: they drive the progress display
+        start = time.monotonic()
+        done = 0
+        with open(log_path, "w") as log_file:
+            log_file.write(f"+ {quote(argv)}\n")
+            log_file.flush()
+            with spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=builddir) as proc:
+                assert proc.stdout is not None
+                for raw in proc.stdout:
+                    text = raw.decode(errors="replace")
+                    log_file.write(text)
+                    if _OBJECT_LINE.match(text):
+                        done += 1
+                        if progress is not None:
+                            progress(CompileProgress(done, max(total, done), time.monotonic() - start,
+                                                     text.strip()))
+                rc = proc.wait()
+        seconds = time.monotonic() - start
+        if rc != 0:
+            raise BuildError(
+                f"kernel compile of {profile}/{arch} failed with exit code {rc}; full log: {log_path}\n"
+                + _tail(log_path),
+                hint="see the log above; fix the fragment or the host toolchain and build again",
+            )
+        # make syncconfig may rewrite .config: what was compiled must be what was checked.
+        if parse_dotconfig((builddir / ".config").read_text()) != parse_dotconfig(config_text):
+            raise BuildError(f"{builddir}/.config changed during the build: the checked config was not compiled")
+        if done > 200:  # a full build, not an incremental no-op: remember its size
+            count_file.write_text(f"{done}\n")
+        image = builddir / arch.kernel_image_path
+        release = (builddir / "include" / "config" / "kernel.release").read_text().strip()
+    return CompileResult(image=image, release=release, log_path=log_path, seconds=seconds, objects=done)

@@ -1,0 +1,189 @@
+"""The build orchestrator (SPEC §3): source → config → check → capabilities → kernel (cached) →
+userland → version.json.
+
+``build_bundle(BuildOptions(...))`` is what ``vz-linux build`` and ``make -C linux all`` run.
+The kernel image is reused from the cache whenever its inputs are unchanged; the userland and
+``version.json`` are rebuilt on every build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import kernel_cache, layout
+from .arch import Architecture
+from .capabilities import derive_capabilities, explain_missing
+from .errors import BuildError, CapabilityContractError
+from .hashing import sha256_text
+from .kconfig import ResolvedConfig, resolve_config
+from .kernel_build import KernelInfo, ProgressFn, compile_kernel, toolchain_info
+from .metadata import BundleMetadata
+from .profiles import KernelCapability, KernelProfile
+from .sources import KernelPin, KernelSource, SourceSpec, acquire_source, read_pin
+
+StageFn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    profile: KernelProfile = KernelProfile.developer
+    arch: Architecture = field(default_factory=Architecture.host)
+    out_dir: Path | None = None  # default: layout.default_bundle_dir(profile, arch)
+    rebuild_kernel: bool = False
+    source: SourceSpec = field(default_factory=SourceSpec)
+    fragments: tuple[Path, ...] | None = None  # default: kconfig.fragment_paths(profile, arch)
+    allowlist: Path | None = None  # default: linux/config-allowlist.txt
+    jobs: int | None = None  # default: all cores
+    nice: int = 10  # the cores are shared; a nice compile is as fast when the machine is idle
+    kernel_only: bool = False  # stop after writing the kernel into the bundle dir
+    # Reporting hooks (not part of the build's identity).
+    on_stage: StageFn | None = field(default=None, compare=False)
+    on_progress: ProgressFn | None = field(default=None, compare=False)
+
+    def bundle_dir(self) -> Path:
+        return self.out_dir if self.out_dir is not None else layout.default_bundle_dir(self.profile, self.arch)
+
+
+@dataclass(frozen=True)
+class ConfigReport:
+    """What ``vz-linux config`` shows: the resolved config, its checks and derived capabilities."""
+
+    resolved: ResolvedConfig
+    capabilities: frozenset[KernelCapability]
+    missing: tuple[str, ...]  # explain_missing() lines for contract capabilities not derived
+
+    @property
+    def ok(self) -> bool:
+        return not self.resolved.failures and not self.missing
+
+    def raise_for_problems(self) -> None:
+        self.resolved.raise_for_failures()
+        if self.missing:
+            r = self.resolved
+            raise CapabilityContractError(
+                f"{r.profile}/{r.arch}: the resolved config misses contract capabilities: "
+                + "; ".join(self.missing),
+                hint=f"enable the named symbols in linux/{r.profile.fragment_name}",
+            )
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    bundle_dir: Path
+    kernel: KernelInfo
+    cache_hit: bool
+    kernel_seconds: float  # compile time (0 on a cache hit)
+    log_path: Path | None  # the compile log (None on a cache hit)
+    report: ConfigReport
+    metadata: BundleMetadata | None  # None when the userland was not assembled
+
+
+def _stage(options: BuildOptions, text: str) -> None:
+    if options.on_stage is not None:
+        options.on_stage(text)
+
+
+def configure(
+    profile: KernelProfile,
+    arch: Architecture,
+    source: KernelSource,
+    *,
+    fragments: tuple[Path, ...] | None = None,
+    allowlist: Path | None = None,
+) -> ConfigReport:
+    """Resolve and check the config and derive its capabilities (no compile)."""
+    resolved = resolve_config(source, profile, arch, fragments=fragments, allowlist=allowlist)
+    exclusions = resolved.exclusions if profile is KernelProfile.container else []
+    caps = derive_capabilities(resolved.config, arch, exclusions)
+    missing = tuple(explain_missing(profile.contract - caps, resolved.config, arch, exclusions))
+    return ConfigReport(resolved, caps, missing)
+
+
+def config_report(profile: KernelProfile, arch: Architecture, source: SourceSpec | None = None,
+                  *, fragments: tuple[Path, ...] | None = None, allowlist: Path | None = None) -> ConfigReport:
+    return configure(profile, arch, acquire_source(source or SourceSpec()), fragments=fragments, allowlist=allowlist)
+
+
+def build_kernel(options: BuildOptions, *, pin: KernelPin | None = None
+                 ) -> tuple[KernelInfo, ConfigReport, bool, float, Path | None]:
+    """Source → config → check → capabilities → kernel image from the cache or a compile.
+
+    Returns (kernel, report, cache_hit, compile_seconds, log_path).
+    """
+    pin = pin or read_pin()
+    _stage(options, "kernel source")
+    source = acquire_source(options.source, pin=pin)
+    _stage(options, f"config: {options.profile.baseline} + fragments + olddefconfig (Linux {source.info.version})")
+    report = configure(options.profile, options.arch, source, fragments=options.fragments,
+                       allowlist=options.allowlist)
+    report.raise_for_problems()
+    config_text = report.resolved.config_text
+    toolchain = toolchain_info(options.arch)
+    key = kernel_cache.cache_key(config_text=config_text, source_identity=source.identity,
+                                 toolchain=toolchain, schema=pin.cache_schema, arch=options.arch)
+    cached = None if options.rebuild_kernel else kernel_cache.lookup(key, options.arch)
+    hit = cached is not None
+    seconds = 0.0
+    log_path: Path | None = None
+    if cached is None:
+        _stage(options, f"kernel compile ({options.profile}/{options.arch}, key {key[:12]})")
+        result = compile_kernel(source, config_text, options.profile, options.arch, jobs=options.jobs,
+                                nice=options.nice, progress=options.on_progress)
+        seconds, log_path = result.seconds, result.log_path
+        try:
+            cached = kernel_cache.store(key=key, arch=options.arch, image=result.image, config_text=config_text,
+                                        release=result.release, version=source.info.version,
+                                        source=source.info, toolchain=toolchain,
+                                        extra={"profile": options.profile.value,
+                                               "compile_seconds": round(seconds, 1)})
+        except OSError as e:
+            raise BuildError(f"cannot store the kernel in the cache {kernel_cache.kernels_root()}: {e}") from e
+    else:
+        _stage(options, f"kernel from cache ({cached.dir})")
+    kernel = KernelInfo(
+        version=source.info.version,
+        release=cached.release,
+        config_text=config_text,
+        config_sha256=sha256_text(config_text),
+        cache_key=key,
+        source=source.info,
+        toolchain=toolchain,
+        capabilities=report.capabilities,
+        image_path=cached.image,
+    )
+    return kernel, report, hit, seconds, log_path
+
+
+def _write_kernel_only(bundle_dir: Path, kernel: KernelInfo) -> None:
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    tmp = bundle_dir / f".{layout.KERNEL}.tmp"
+    shutil.copyfile(kernel.image_path, tmp)
+    tmp.replace(bundle_dir / layout.KERNEL)
+
+
+def build_bundle(options: BuildOptions) -> BuildResult:
+    """Build one (profile, arch) bundle into ``options.bundle_dir()``."""
+    start = time.monotonic()
+    kernel, report, hit, seconds, log_path = build_kernel(options)
+    bundle_dir = options.bundle_dir()
+    metadata: BundleMetadata | None = None
+    if options.kernel_only:
+        _write_kernel_only(bundle_dir, kernel)
+    else:
+        from .userland import assemble_bundle
+
+        _stage(options, "userland: agent, busybox, crun, initramfs, version.json")
+        metadata = assemble_bundle(out_dir=bundle_dir, profile=options.profile, arch=options.arch,
+                                   kernel_image=kernel.image_path, kernel=kernel)
+    _stage(options, f"done in {time.monotonic() - start:.1f}s: {bundle_dir}")
+    return BuildResult(bundle_dir=bundle_dir, kernel=kernel, cache_hit=hit, kernel_seconds=seconds,
+                       log_path=log_path, report=report, metadata=metadata)
+
+
+def with_profile(options: BuildOptions, profile: KernelProfile) -> BuildOptions:
+    return dataclasses.replace(options, profile=profile)

@@ -1,0 +1,114 @@
+"""The kernel image cache (SPEC §3.3).
+
+Key = sha256 over the resolved ``.config``, the source identity, the toolchain identity and the
+cache schema of ``linux/kernel-version.mk``. An entry ``cache_root()/kernels/<key>/`` holds the
+image, the ``.config`` it was built from and ``kernel.json``; it is staged in a temporary
+directory and renamed into place, so a reader sees a whole entry or none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .arch import Architecture
+from .hashing import sha256_file, sha256_text
+from .kernel_build import SourceInfo, ToolchainInfo
+from .layout import cache_root
+
+_META = "kernel.json"
+_CONFIG = "config"
+
+
+def cache_key(*, config_text: str, source_identity: str, toolchain: ToolchainInfo, schema: str,
+              arch: Architecture) -> str:
+    blob = json.dumps(
+        {"config_sha256": sha256_text(config_text), "source": source_identity,
+         "toolchain": asdict(toolchain), "schema": schema, "arch": arch.value},
+        sort_keys=True,
+    )
+    return sha256_text(blob)
+
+
+def kernels_root() -> Path:
+    return cache_root() / "kernels"
+
+
+@dataclass(frozen=True)
+class CachedKernel:
+    key: str
+    dir: Path
+    image: Path
+    release: str
+    version: str
+    image_sha256: str
+
+    @property
+    def config_path(self) -> Path:
+        return self.dir / _CONFIG
+
+
+def _image_name(arch: Architecture) -> str:
+    return Path(arch.kernel_image_path).name  # "vmlinux" / "Image"
+
+
+def lookup(key: str, arch: Architecture, root: Path | None = None) -> CachedKernel | None:
+    """The entry for ``key``, or None. A damaged entry (image checksum wrong) counts as a miss."""
+    entry = (root or kernels_root()) / key
+    try:
+        meta = json.loads((entry / _META).read_text())
+        image = entry / _image_name(arch)
+        if sha256_file(image) != meta["image_sha256"]:
+            return None
+        return CachedKernel(key=key, dir=entry, image=image, release=meta["release"],
+                            version=meta["version"], image_sha256=meta["image_sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def store(
+    *,
+    key: str,
+    arch: Architecture,
+    image: Path,
+    config_text: str,
+    release: str,
+    version: str,
+    source: SourceInfo,
+    toolchain: ToolchainInfo,
+    extra: dict[str, object] | None = None,
+    root: Path | None = None,
+) -> CachedKernel:
+    """Copy a freshly built image into the cache. If another build stored the key meanwhile,
+    its entry wins (same inputs, same kernel)."""
+    root = root or kernels_root()
+    root.mkdir(parents=True, exist_ok=True)
+    dest = root / key
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key[:16]}-"))
+    try:
+        shutil.copyfile(image, tmp / _image_name(arch))
+        (tmp / _CONFIG).write_text(config_text)
+        meta = {"key": key, "arch": arch.value, "release": release, "version": version,
+                "image": _image_name(arch), "image_sha256": sha256_file(tmp / _image_name(arch)),
+                "image_size": (tmp / _image_name(arch)).stat().st_size,
+                "config_sha256": sha256_text(config_text), "source": asdict(source),
+                "toolchain": asdict(toolchain), **(extra or {})}
+        (tmp / _META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        os.chmod(tmp, 0o755)
+        if dest.exists() and lookup(key, arch, root) is None:
+            shutil.rmtree(dest)  # a damaged entry: replace it
+        try:
+            os.rename(tmp, dest)
+        except OSError:
+            if not dest.exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    hit = lookup(key, arch, root)
+    if hit is None:
+        raise OSError(f"kernel cache entry {dest} is unreadable right after writing it")
+    return hit
