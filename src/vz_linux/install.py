@@ -43,7 +43,6 @@ from . import layout
 from .bundle import (
     KernelBundle,
     bundle_from_metadata,
-    check_artifacts_present,
     check_regular,
     check_selection,
     validate_bundle,
@@ -100,7 +99,7 @@ class _Snapshot:
 
 # --- the fast check ---------------------------------------------------------------------------
 def _read_at(dir_fd: int, name: str) -> bytes:
-    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=dir_fd)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(errno.EINVAL, f"{name} is not a regular file")
@@ -191,29 +190,34 @@ def _test_pause(stage: str) -> None:
         time.sleep(3600)
 
 
-def _copy_hashed(src: Path, dst: Path) -> str:
-    """Copy src to a new file dst (mode preserved, fsynced); returns the sha256 of what was copied."""
+def _copy_hashed(src_dir_fd: int, src: Path, dst: Path) -> str:
+    """Copy ``src`` (opened relative to the source dir fd) to a new file ``dst``, mode kept, fsynced.
+
+    Returns the sha256 of exactly the bytes written.
+    """
     h = hashlib.sha256()
-    sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        sfd = os.open(src.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=src_dir_fd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            check_regular(src)  # raises UnsafeBundleError with the right wording
+        raise
     try:
         st = os.fstat(sfd)
         if not stat.S_ISREG(st.st_mode):
-            check_regular(src)  # raises UnsafeBundleError with the right wording
-        dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, stat.S_IMODE(st.st_mode) & 0o755)
+            check_regular(src)
+        mode = stat.S_IMODE(st.st_mode) & 0o755 | 0o400
+        dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
         try:
             while chunk := os.read(sfd, _CHUNK):
                 h.update(chunk)
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(dfd, view):]
-            os.fchmod(dfd, stat.S_IMODE(st.st_mode) & 0o755 | 0o400)
+            os.fchmod(dfd, mode)
             os.fsync(dfd)
         finally:
             os.close(dfd)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            check_regular(src)
-        raise
     finally:
         os.close(sfd)
     return h.hexdigest()
@@ -290,7 +294,8 @@ def _recover(install_dir: Path) -> None:
             shutil.rmtree(entry, ignore_errors=True)
 
 
-def _install_locked(source: Path, meta_bytes: bytes, metadata: BundleMetadata, install_dir: Path) -> None:
+def _install_locked(src: _Source, install_dir: Path) -> None:
+    source, meta_bytes, metadata = src.root, src.meta_bytes, src.metadata
     _recover(install_dir)
     install_prefix, _ = _stale_prefixes(install_dir)
     tmp = Path(tempfile.mkdtemp(prefix=install_prefix, dir=install_dir.parent))
@@ -298,7 +303,7 @@ def _install_locked(source: Path, meta_bytes: bytes, metadata: BundleMetadata, i
         os.chmod(tmp, 0o755)
         stamps: dict[str, _Stamp] = {}
         for i, (name, expected) in enumerate(metadata.artifact_checksums().items()):
-            actual = _copy_hashed(source / name, tmp / name)
+            actual = _copy_hashed(src.dir_fd, source / name, tmp / name)
             if actual != expected:
                 raise ChecksumMismatchError(
                     f"bundle {source} has a corrupted file: {name}: expected sha256 {expected}, found {actual}",
@@ -324,25 +329,61 @@ def _install_locked(source: Path, meta_bytes: bytes, metadata: BundleMetadata, i
 
 
 # --- public API ------------------------------------------------------------------------------------
-def _read_source(source: Path) -> tuple[bytes, BundleMetadata]:
-    if not source.is_dir():
+@dataclass(frozen=True)
+class _Source:
+    """A source bundle read through one directory fd, so a concurrent rebuild that swaps the
+    directory (userland.assemble_bundle) cannot make us mix files of two builds."""
+
+    root: Path
+    dir_fd: int
+    meta_bytes: bytes
+    metadata: BundleMetadata
+
+    def sizes(self) -> dict[str, int]:
+        """Artifact sizes; every artifact present and a regular file (else the typed error)."""
+        sizes: dict[str, int] = {}
+        missing: list[str] = []
+        for name in self.metadata.artifact_checksums():
+            try:
+                st = os.stat(name, dir_fd=self.dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                missing.append(name)
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                check_regular(self.root / name)
+            sizes[name] = st.st_size
+        if missing:
+            raise MissingArtifactsError(f"bundle {self.root} lacks {', '.join(missing)}",
+                                        hint="rebuild it with `vz-linux build`")
+        return sizes
+
+
+@contextlib.contextmanager
+def _open_source(source: Path) -> Iterator[_Source]:
+    try:
+        dir_fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
         raise MissingArtifactsError(
             f"bundle directory {source} does not exist" if not source.exists() else f"{source} is not a directory",
             hint="build one with `vz-linux build` or point at a bundle directory",
-        )
-    path = source / layout.METADATA
-    try:
-        check_regular(path)
-        meta_bytes = path.read_bytes()
-    except FileNotFoundError:
-        raise MissingArtifactsError(
-            f"{source} has no {layout.METADATA}", hint="build one with `vz-linux build`"
         ) from None
     try:
-        text = meta_bytes.decode()
-    except UnicodeDecodeError:
-        raise InvalidMetadataError(f"{path} is not UTF-8 text", hint="rebuild the bundle") from None
-    return meta_bytes, BundleMetadata.parse_text(text, str(path))
+        path = source / layout.METADATA
+        try:
+            meta_bytes = _read_at(dir_fd, layout.METADATA)
+        except FileNotFoundError:
+            raise MissingArtifactsError(f"{source} has no {layout.METADATA}",
+                                        hint="build one with `vz-linux build`") from None
+        except OSError:
+            check_regular(path)  # symlink/FIFO/...: UnsafeBundleError
+            raise
+        try:
+            text = meta_bytes.decode()
+        except UnicodeDecodeError:
+            raise InvalidMetadataError(f"{path} is not UTF-8 text", hint="rebuild the bundle") from None
+        yield _Source(source, dir_fd, meta_bytes, BundleMetadata.parse_text(text, str(path)))
+    finally:
+        os.close(dir_fd)
 
 
 def _identical(snap: _Snapshot | None, meta_bytes: bytes, sizes: dict[str, int]) -> bool:
@@ -364,16 +405,15 @@ def install_bundle(
     source (nothing is installed then) and :class:`InstallError` for an unwritable target.
     """
     source, install_dir = Path(source), Path(install_dir)
-    meta_bytes, metadata = _read_source(source)
-    check_selection(metadata, source, profile=profile, required_capabilities=required_capabilities,
-                    require_exact_agent_version=require_exact_agent_version)
-    sizes = {name: st.st_size for name, st in check_artifacts_present(source, metadata).items()}
-    if _identical(_snapshot(install_dir), meta_bytes, sizes):
-        return bundle_from_metadata(install_dir, metadata)
-    with install_lock(install_dir):
-        if not _identical(_snapshot(install_dir), meta_bytes, sizes):
-            _install_locked(source, meta_bytes, metadata, install_dir)
-    return bundle_from_metadata(install_dir, metadata)
+    with _open_source(source) as src:
+        check_selection(src.metadata, source, profile=profile, required_capabilities=required_capabilities,
+                        require_exact_agent_version=require_exact_agent_version)
+        sizes = src.sizes()
+        if not _identical(_snapshot(install_dir), src.meta_bytes, sizes):
+            with install_lock(install_dir):
+                if not _identical(_snapshot(install_dir), src.meta_bytes, sizes):
+                    _install_locked(src, install_dir)
+        return bundle_from_metadata(install_dir, src.metadata)
 
 
 def load_installed(

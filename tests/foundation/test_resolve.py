@@ -26,6 +26,7 @@ from vz_linux.errors import (
     MissingCapabilitiesError,
     NoHomeDirectoryError,
     ProfileMismatchError,
+    UnsafeBundleError,
 )
 from vz_linux.install import read_install_record
 from vz_linux.resolve import resolve
@@ -214,3 +215,18 @@ def test_install_dir_not_writable(home: Path, tmp_path: Path) -> None:
     assert r.returncode == 21, r.stderr
     assert "not writable" in r.stdout
     assert list(ro.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["vmlinux", "crun", "version.json"])
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_unsafe_source_installs_nothing(home: Path, tmp_path: Path, name: str, kind: str) -> None:
+    make_bundle(tmp_path / "b")
+    target = tmp_path / "b" / name
+    target.rename(tmp_path / "real")
+    if kind == "symlink":
+        target.symlink_to(tmp_path / "real")
+    else:
+        os.mkfifo(target)  # opening it for reading would block: must be refused, not read
+    with pytest.raises(UnsafeBundleError, match="symlink" if kind == "symlink" else "FIFO"):
+        ensure_kernel_bundle(KernelBundleOptions(bundle_dir=tmp_path / "b"))
+    assert not (home / ".vz" / "linux" / "developer").exists()
