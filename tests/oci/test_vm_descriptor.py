@@ -93,7 +93,7 @@ def test_artifacts_not_matching_their_version_json_are_refused(tmp_path: Path) -
     make_bundle(bundle, KernelProfile.container)
     with open(bundle / "initramfs.img", "r+b") as f:
         f.write(b"X")
-    with pytest.raises(ChecksumMismatchError, match="initramfs.img"):
+    with pytest.raises(ChecksumMismatchError, match=r"initramfs\.img"):
         init_vm(_explicit(bundle, tmp_path / "vms"))
     assert not (tmp_path / "vms").exists()
 

@@ -1,0 +1,171 @@
+"""`vz oci` end to end: real QEMU (TCG), the container bundle's kernel, agent and static crun.
+
+Every command runs the installed `vz` console script as a separate process, so state really has to
+survive between invocations. The bundle comes from the shared build fixture (through the kernel
+cache) and is installed into a per-session $HOME, never the real ~/.vz.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from vz_linux.profiles import KernelProfile
+
+from .conftest import make_oci_layout
+
+pytestmark = [pytest.mark.vm, pytest.mark.kernel, pytest.mark.slow]
+
+VZ = Path(sys.executable).parent / "vz"
+TIMEOUT = 300  # generous: TCG on a loaded 2-core host
+
+
+@pytest.fixture(scope="session")
+def container_bundle(request: pytest.FixtureRequest) -> Path:
+    """The x86_64 container bundle, built through the kernel cache by the shared fixture."""
+    factory = request.getfixturevalue("built_bundle")
+    path = factory(KernelProfile.container) if callable(factory) else factory
+    return Path(path)
+
+
+@pytest.fixture(scope="session")
+def vz_env(tmp_path_factory: pytest.TempPathFactory, container_bundle: Path) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("oci-home")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VZ_LINUX_", "VZ_OCI_"))}
+    env["HOME"] = str(home)
+    env["VZ_LINUX_CONTAINER_BUNDLE_DIR"] = str(container_bundle)  # installed into $HOME/.vz/linux
+    return env
+
+
+@pytest.fixture
+def vz(vz_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., subprocess.CompletedProcess[str]]]:
+    env = dict(vz_env, VZ_OCI_DATA_DIR=str(tmp_path / "oci"))
+
+    def run(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([str(VZ), *args], env=env, capture_output=True, text=True, timeout=TIMEOUT)
+        assert "Traceback" not in proc.stderr, proc.stderr
+        if check:
+            assert proc.returncode == 0, proc.stderr
+        return proc
+
+    yield run
+    _assert_no_leftovers(tmp_path / "oci")
+
+
+def _assert_no_leftovers(data_dir: Path) -> None:
+    """No supervisor, QEMU or virtiofsd that mentions this test's data dir is still alive."""
+    alive = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if str(data_dir) in cmdline and state != "Z":
+            alive.append(cmdline)
+    assert not alive, f"processes outlived their containers: {alive}"
+
+
+def test_run_prints_from_inside_and_returns_exit_codes(vz: Callable[..., subprocess.CompletedProcess[str]],
+                                                       busybox_rootfs: Path) -> None:
+    p = vz("oci", "run", "--rm", "--kernel-profile", "container", str(busybox_rootfs), "--",
+           "sh", "-c", "cat /etc/hello.txt; echo to-stderr >&2; touch /etc/written-inside")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "hello from the image\n"
+    assert "to-stderr" in p.stderr
+    assert not (busybox_rootfs / "etc" / "written-inside").exists()  # overlay: the image is untouched
+    p = vz("oci", "run", "--rm", "--kernel-profile", "container", str(busybox_rootfs), "--", "sh", "-c", "exit 3")
+    assert p.returncode == 3, p.stderr
+    p = vz("oci", "run", "--rm", "--kernel-profile", "container", str(busybox_rootfs), "--", "nonexistent-cmd")
+    assert p.returncode == 127
+    assert "nonexistent-cmd: command not found" in p.stderr
+
+
+def test_env_workdir_and_volume(vz: Callable[..., subprocess.CompletedProcess[str]], busybox_rootfs: Path,
+                                tmp_path: Path) -> None:
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (vol / "from-host.txt").write_text("host says hi\n")
+    p = vz("oci", "run", "--rm", "--kernel-profile", "container", "-e", "GREETING=hello there", "-w", "/work",
+           "-v", f"{vol}:/data", str(busybox_rootfs), "--",
+           "sh", "-c", 'echo "$GREETING"; pwd; cat /data/from-host.txt; echo written-inside > /data/out.txt')
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["hello there", "/work", "host says hi"]
+    assert (vol / "out.txt").read_text() == "written-inside\n"
+
+
+def test_read_only_volume(vz: Callable[..., subprocess.CompletedProcess[str]], busybox_rootfs: Path,
+                          tmp_path: Path) -> None:
+    vol = tmp_path / "ro"
+    vol.mkdir()
+    p = vz("oci", "run", "--rm", "--kernel-profile", "container", "-v", f"{vol}:/ro:ro", str(busybox_rootfs),
+           "--", "sh", "-c", "echo x > /ro/f")
+    assert p.returncode != 0
+    assert not (vol / "f").exists()
+
+
+def test_oci_image_layout_uses_the_image_config(vz: Callable[..., subprocess.CompletedProcess[str]],
+                                                busybox_rootfs: Path, tmp_path: Path) -> None:
+    image = make_oci_layout(tmp_path / "layout", busybox_rootfs)
+    p = vz("oci", "run", "--rm", "--kernel-profile", "container", str(image))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == "default-cmd in /srv\n"
+    p = vz("oci", "run", "--rm", "--kernel-profile", "container", "-e", "EXTRA=1", f"{image}:latest", "--",
+           "sh", "-c", 'echo "$IMGVAR $EXTRA"; exit 3')
+    assert (p.returncode, p.stdout) == (3, "from-image 1\n"), p.stderr
+
+
+def test_lifecycle_across_invocations(vz: Callable[..., subprocess.CompletedProcess[str]],
+                                      busybox_rootfs: Path) -> None:
+    cid = vz("oci", "create", "--kernel-profile", "container", "--name", "web", str(busybox_rootfs), "--",
+             "sh", "-c", "echo started; echo oops >&2; exec sleep 600", check=True).stdout.strip()
+    rows = json.loads(vz("oci", "ps", "--json", check=True).stdout)
+    assert [(r["id"], r["name"], r["status"]) for r in rows] == [(cid, "web", "created")]
+    vz("oci", "start", "web", check=True)
+    rows = json.loads(vz("oci", "ps", "--json", check=True).stdout)
+    assert rows[0]["status"] == "running"
+    p = vz("oci", "exec", "web", "--", "sh", "-c", "echo in-exec; ls /proc/1/cmdline >/dev/null; exit 5")
+    assert (p.returncode, p.stdout) == (5, "in-exec\n"), p.stderr
+    p = vz("oci", "exec", "-e", "X=42", "-w", "/tmp", "web", "--", "sh", "-c", 'echo "$X $PWD"')
+    assert (p.returncode, p.stdout) == (0, "42 /tmp\n"), p.stderr
+    p = vz("oci", "exec", "web", "--", "ps")
+    assert p.returncode == 0 and "sleep 600" in p.stdout, p.stdout + p.stderr
+    logs = vz("oci", "logs", "web", check=True)
+    assert logs.stdout == "started\n" and logs.stderr == "oops\n"
+    p = vz("oci", "rm", "web")
+    assert p.returncode != 0 and "stop it first" in p.stderr
+    vz("oci", "stop", "-t", "2", "web", check=True)
+    rows = json.loads(vz("oci", "ps", "-a", "--json", check=True).stdout)
+    assert rows[0]["status"] == "stopped"
+    assert json.loads(vz("oci", "ps", "--json", check=True).stdout) == []
+    p = vz("oci", "exec", "web", "--", "true")
+    assert p.returncode != 0 and "stopped" in p.stderr
+    vz("oci", "rm", "web", check=True)
+    assert json.loads(vz("oci", "ps", "-a", "--json", check=True).stdout) == []
+
+
+def test_container_that_exits_by_itself_and_rm_force(vz: Callable[..., subprocess.CompletedProcess[str]],
+                                                     busybox_rootfs: Path) -> None:
+    vz("oci", "create", "--kernel-profile", "container", "--name", "quick", str(busybox_rootfs), "--",
+       "sh", "-c", "echo bye; exit 7", check=True)
+    vz("oci", "start", "quick", check=True)
+    # Removing with -f must also work while the VM is still winding down; ps afterwards is empty.
+    vz("oci", "create", "--kernel-profile", "container", "--name", "long", str(busybox_rootfs), "--",
+       "sleep", "600", check=True)
+    vz("oci", "start", "long", check=True)
+    vz("oci", "rm", "-f", "long", check=True)
+    names = [r["name"] for r in json.loads(vz("oci", "ps", "-a", "--json", check=True).stdout)]
+    assert names == ["quick"]
+    vz("oci", "stop", "quick", check=True)  # waits for the supervisor to be gone
+    rows = json.loads(vz("oci", "ps", "-a", "--json", check=True).stdout)
+    assert (rows[0]["status"], rows[0]["exit_code"]) == ("exited", 7)
+    assert vz("oci", "logs", "quick", check=True).stdout == "bye\n"
+    vz("oci", "rm", "quick", check=True)
