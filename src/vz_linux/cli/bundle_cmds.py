@@ -165,4 +165,5 @@ def verify_cmd(bundle_dir: Path, profile: str | None, require: tuple[str, ...], 
     else:
         _show(bundle, f"verified {bundle.root}: every checksum matches")
         if boot:
-            out_console.print(f"boot verification: {boot_result}")
+            table = getattr(boot_result, "table", None)
+            out_console.print(table() if callable(table) else f"boot verification: {boot_result}")
