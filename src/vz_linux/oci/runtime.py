@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,8 @@ class ContainerVm:
         self.cdir = cdir
         self._stack = contextlib.ExitStack()
         self._vm: LinuxVm | None = None
+        # Seconds per phase of the last boot/run (what benchmarks/oci_run.py reports).
+        self.timings: dict[str, float] = {}
 
     def vm_config(self) -> VmConfig:
         from ..vm import VmConfig, VmShare
@@ -145,9 +148,13 @@ class ContainerVm:
         from ..vm import LinuxVm
 
         try:
+            t0 = time.monotonic()
             self._vm = self._stack.enter_context(LinuxVm(self.vm_config()))
             self._vm.wait_for_agent(self.cfg.agent_ready_timeout)
+            t1 = time.monotonic()
             self._prepare()
+            t2 = time.monotonic()
+            self.timings.update(boot_to_agent=t1 - t0, guest_prepare=t2 - t1)
         except BaseException:
             self._stack.close()
             raise
@@ -194,8 +201,10 @@ class ContainerVm:
         """``crun run``: the container's process, output streamed; its exit code."""
         out = _Tee(on_stdout, self.cdir / STDOUT_LOG if log else None)
         err = _Tee(on_stderr, self.cdir / STDERR_LOG if log else None)
+        t0 = time.monotonic()
         try:
             code = self._exec(guest.crun_run(self.state.id), out, err, self.cfg.exec_timeout)
+            self.timings["crun_run"] = time.monotonic() - t0
         finally:
             out.close()
             err.close()
@@ -222,15 +231,24 @@ def _not_found_is_127(code: int, stderr_tail: bytes, argv0: str) -> int:
 
 
 def run_foreground(cfg: RuntimeConfig, req: ContainerRequest, *, remove: bool,
-                   on_stdout: Sink, on_stderr: Sink) -> int:
-    """``vz oci run``: boot, run, stream, return the container's exit code."""
+                   on_stdout: Sink, on_stderr: Sink, timings: dict[str, float] | None = None) -> int:
+    """``vz oci run``: boot, run, stream, return the container's exit code.
+
+    ``timings``, when given, receives the seconds spent per phase (host prepare, boot → agent,
+    guest prepare, crun run, VM stop).
+    """
+    t0 = time.monotonic()
     state, bundle = prepare_container(cfg, req)
+    host_prepare = time.monotonic() - t0
     store = store_for(cfg)
     cdir = store.dir(state.id)
     try:
         with ContainerVm(cfg, state, bundle, cdir) as cvm:
             store.update(state.id, status=Status.running, started=now())
             code = cvm.run(on_stdout, on_stderr, log=not remove)
+            t_stop = time.monotonic()
+        if timings is not None:
+            timings.update(host_prepare=host_prepare, **cvm.timings, vm_stop=time.monotonic() - t_stop)
         store.update(state.id, status=Status.exited, exit_code=code, finished=now())
         return code
     except BaseException as e:
