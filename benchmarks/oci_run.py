@@ -31,14 +31,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.oci.conftest (the BusyBox rootfs builder)
 
-from tests.oci.conftest import make_busybox_rootfs
+from tests.oci.conftest import make_busybox_rootfs  # noqa: E402
 
-from vz_linux.bench import BenchGuest, BenchOptions, boot_once, host_info
-from vz_linux.oci.config import RuntimeConfig
-from vz_linux.oci.runtime import ContainerRequest, run_foreground
-from vz_linux.profiles import KernelProfile
-from vz_linux.resolve import ensure_kernel_profile
-from vz_linux.vm import VmConfig
+from vz_linux.bench import BenchGuest, BenchOptions, boot_once, host_info  # noqa: E402
+from vz_linux.oci.config import RuntimeConfig  # noqa: E402
+from vz_linux.oci.runtime import ContainerRequest, run_foreground  # noqa: E402
+from vz_linux.profiles import KernelProfile  # noqa: E402
+from vz_linux.resolve import ensure_kernel_profile  # noqa: E402
+from vz_linux.vm import VmConfig  # noqa: E402
 
 
 def main() -> int:
