@@ -1,5 +1,77 @@
-"""Commands of this stage, registered on the `vz-linux` group (placeholder until implemented)."""
+"""``vz-linux run``: boot a bundle, run one command in the guest, stream its output, exit with its code."""
 
 from __future__ import annotations
 
-from .main import cli  # noqa: F401
+import sys
+from pathlib import Path
+
+import click
+
+from ..accel import AccelChoice
+from ..arch import Architecture
+from ..errors import AgentError
+from ..profiles import KernelProfile
+from ..vm import LinuxVm
+from ..vm_source import GuestSource
+from .common import err_console
+from .main import cli
+
+_PATH = click.Path(path_type=Path)
+EXIT_SIGNALLED_BASE = 128  # a command killed by signal N exits 128+N, like a shell
+
+
+def run_in_guest(vm: LinuxVm, argv: list[str], timeout: float | None) -> int:
+    """Stream the command's stdout/stderr to ours; return its exit code (128+N for signal N)."""
+    stream = vm.exec_stream(argv, timeout=timeout)
+    for chunk in stream:
+        out = sys.stderr.buffer if chunk.stream.name == "STDERR" else sys.stdout.buffer
+        out.write(chunk.data)
+        out.flush()
+    result = stream.wait()
+    if result.error:
+        err_console.print(f"vz-linux run: {result.error}", markup=False)
+    if result.timed_out:
+        err_console.print(f"vz-linux run: {argv[0]} timed out after {timeout:.0f}s", markup=False)
+    if result.signal is not None:
+        return EXIT_SIGNALLED_BASE + result.signal
+    return result.exit_code if result.exit_code is not None else 1
+
+
+@cli.command("run", context_settings={"ignore_unknown_options": False})
+@click.option("--profile", type=click.Choice([p.value for p in KernelProfile]), default=None,
+              help="Boot the installed bundle of this profile (selection API).")
+@click.option("--bundle-dir", type=_PATH, help="Boot this bundle directory instead.")
+@click.option("--kernel", type=_PATH, help="Kernel image (with --initramfs) instead of a bundle.")
+@click.option("--initramfs", type=_PATH, help="Initramfs (with --kernel).")
+@click.option("--arch", type=click.Choice([a.value for a in Architecture]), default=None,
+              help="Guest architecture (default: the bundle's / the host's).")
+@click.option("--rootfs-dir", type=_PATH, help="Share this directory as the guest's root (virtiofs + overlay).")
+@click.option("--net", is_flag=True, help="User-mode network with DHCP (host reachable as 10.0.2.2).")
+@click.option("--cpus", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--memory", "memory_mib", type=click.IntRange(32), default=256, show_default=True, help="MiB.")
+@click.option("--accel", type=click.Choice([a.value for a in AccelChoice]), default="auto", show_default=True)
+@click.option("--cmdline", "cmdline_extra", multiple=True, help="Extra kernel command-line word (repeatable).")
+@click.option("--boot-timeout", type=float, default=120.0, show_default=True, help="Seconds to agent-ready.")
+@click.option("--timeout", type=float, default=None, help="Kill the command after this many seconds.")
+@click.option("--serial-log", type=_PATH, help="Keep the guest's serial console here.")
+@click.option("--no-version-check", is_flag=True, help="Accept a bundle built by another vz-linux release.")
+@click.argument("command", nargs=-1, required=True)
+def run_cmd(profile: str | None, bundle_dir: Path | None, kernel: Path | None, initramfs: Path | None,
+            arch: str | None, rootfs_dir: Path | None, net: bool, cpus: int, memory_mib: int, accel: str,
+            cmdline_extra: tuple[str, ...], boot_timeout: float, timeout: float | None,
+            serial_log: Path | None, no_version_check: bool, command: tuple[str, ...]) -> int:
+    """Boot a guest, run COMMAND in it (after `--`), print its output, exit with its exit code."""
+    if profile is not None and bundle_dir is not None:
+        raise click.UsageError("give --profile or --bundle-dir, not both")
+    source = GuestSource(bundle_dir=bundle_dir, profile=KernelProfile.parse(profile) if profile else None,
+                         arch=Architecture.parse(arch) if arch else None, kernel=kernel, initramfs=initramfs,
+                         version_check=not no_version_check)
+    config = source.vm_config(cpus=cpus, memory_mib=memory_mib, accel=AccelChoice.parse(accel),
+                              network=net, rootfs=rootfs_dir, cmdline_extra=cmdline_extra,
+                              serial_log=serial_log)
+    with LinuxVm(config) as vm:
+        vm.wait_for_agent(boot_timeout)
+        try:
+            return run_in_guest(vm, list(command), timeout)
+        except AgentError as e:
+            raise AgentError(f"running {command[0]} in the guest failed: {e}") from e

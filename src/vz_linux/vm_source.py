@@ -1,0 +1,56 @@
+"""Which kernel + initramfs a VM boots: a bundle dir, a profile (through the selection API), or
+explicit ``--kernel/--initramfs`` paths. Shared by ``vz-linux run`` and ``vz-linux-bench``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .arch import Architecture
+from .bundle import KernelBundle, validate_bundle
+from .errors import InvalidConfigError
+from .layout import default_bundle_dir
+from .profiles import KernelProfile
+from .resolve import KernelBundleOptions, ensure_kernel_bundle
+from .vm import VmConfig
+
+
+@dataclass(frozen=True)
+class GuestSource:
+    bundle_dir: Path | None = None
+    profile: KernelProfile | None = None
+    arch: Architecture | None = None
+    kernel: Path | None = None
+    initramfs: Path | None = None
+    install_dir: Path | None = None
+    version_check: bool = True
+
+    def bundle(self) -> KernelBundle | None:
+        """The validated bundle this source names (None for explicit kernel/initramfs paths)."""
+        if self.kernel is not None:
+            return None
+        if self.bundle_dir is not None:
+            return validate_bundle(self.bundle_dir, profile=self.profile,
+                                   require_exact_agent_version=self.version_check)
+        if self.arch is not None and self.arch is not Architecture.host():
+            # The selection API installs host-arch bundles; another arch boots from its build tree.
+            profile = self.profile or KernelProfile.developer
+            return validate_bundle(default_bundle_dir(profile, self.arch), profile=profile,
+                                   require_exact_agent_version=self.version_check)
+        return ensure_kernel_bundle(KernelBundleOptions(
+            profile=self.profile, install_dir=self.install_dir, require_exact_agent_version=self.version_check))
+
+    def vm_config(self, **overrides: Any) -> VmConfig:
+        if self.kernel is not None or self.initramfs is not None:
+            if self.kernel is None or self.initramfs is None:
+                raise InvalidConfigError("--kernel and --initramfs go together")
+            if self.bundle_dir is not None:
+                raise InvalidConfigError("give either --bundle-dir or --kernel/--initramfs, not both")
+            return VmConfig(kernel=self.kernel, initramfs=self.initramfs,
+                            arch=self.arch or Architecture.host(), **overrides)
+        bundle = self.bundle()
+        assert bundle is not None
+        if self.arch is not None and bundle.metadata.arch is not self.arch:
+            raise InvalidConfigError(f"bundle {bundle.root} is for {bundle.metadata.arch}, not {self.arch}")
+        return VmConfig(kernel=bundle.kernel, initramfs=bundle.initramfs, arch=bundle.metadata.arch, **overrides)
