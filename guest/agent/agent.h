@@ -49,6 +49,7 @@ struct exec {
     int reaped, status, timed_out, exec_errno;
     int64_t deadline, reaped_at;
     char name[64];
+    char message[400]; /* why the exec failed (exec_errno != 0) */
     struct buf evidence;  /* probe: combined output, trimmed to the tail */
 };
 

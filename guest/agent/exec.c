@@ -2,6 +2,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,38 +30,72 @@ static void close_fd(int *fd)
     }
 }
 
-/* Runs in the forked child; never returns. Only the child's own copy of the agent is touched. */
-static void child(const struct vz_exec_req *r, int probe, int in_r, int out_w, int err_w, int errpipe)
+extern char **environ;
+
+/* The child's environment: the agent's, with the request's NAME=VALUE entries replacing or adding. */
+static char **merged_env(const struct vz_exec_req *r)
 {
-    sigset_t none;
-    int e;
-    setsid(); /* own process group: timeout and signal reach grandchildren too */
-    dup2(in_r, 0);
-    dup2(out_w, 1);
-    dup2(probe ? out_w : err_w, 2);
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL); /* the agent blocks SIGCHLD etc. for its signalfd */
-    signal(SIGPIPE, SIG_DFL);
-    for (unsigned i = 0; i < r->envc; i++)
-        putenv(r->env[i]);
-    if (r->cwd && chdir(r->cwd) != 0) {
-        e = errno;
-        dprintf(2, "vz-agent: chdir %s: %s\n", r->cwd, strerror(e));
-        if (write(errpipe, &e, sizeof e) < 0) { /* nothing to do: the exit code says it */ }
-        _exit(127);
+    size_t n = 0, k = 0;
+    char **out;
+    while (environ[n])
+        n++;
+    out = calloc(n + r->envc + 1, sizeof *out);
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        size_t len = strcspn(environ[i], "=");
+        int overridden = 0;
+        for (unsigned j = 0; j < r->envc && !overridden; j++)
+            overridden = strncmp(r->env[j], environ[i], len) == 0 && r->env[j][len] == '=';
+        if (!overridden)
+            out[k++] = environ[i];
     }
-    execvp(r->argv[0], r->argv);
-    e = errno;
-    dprintf(2, "vz-agent: exec %s: %s\n", r->argv[0], strerror(e));
-    if (write(errpipe, &e, sizeof e) < 0) { /* as above */ }
-    _exit(e == ENOENT ? 127 : 126);
+    for (unsigned j = 0; j < r->envc; j++)
+        out[k++] = r->env[j];
+    out[k] = NULL;
+    return out;
+}
+
+/* posix_spawn (vfork-like: no copy of the agent's memory) into a new session = own process group,
+ * so timeouts and signals reach grandchildren too. Returns 0 or an errno. */
+static int spawn_child(const struct vz_exec_req *r, int probe, int in_r, int out_w, int err_w, pid_t *pid)
+{
+    posix_spawn_file_actions_t fa;
+    posix_spawnattr_t at;
+    sigset_t none, all;
+    char **envp = merged_env(r);
+    int rc;
+    if (!envp)
+        return ENOMEM;
+    sigemptyset(&none);
+    sigfillset(&all);
+    posix_spawnattr_init(&at);
+    /* The agent blocks SIGCHLD etc. for its signalfd and ignores SIGPIPE: undo both for the child. */
+    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    posix_spawnattr_setsigmask(&at, &none);
+    posix_spawnattr_setsigdefault(&at, &all);
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, in_r, 0);
+    posix_spawn_file_actions_adddup2(&fa, out_w, 1);
+    posix_spawn_file_actions_adddup2(&fa, probe ? out_w : err_w, 2);
+    if (r->cwd)
+        posix_spawn_file_actions_addchdir_np(&fa, r->cwd);
+    rc = posix_spawnp(pid, r->argv[0], &fa, &at, r->argv, envp);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&at);
+    free(envp);
+    return rc;
 }
 
 struct exec *exec_start(struct conn *c, uint32_t id, const struct vz_exec_req *r, int probe,
                         const char **err, int *err_errno)
 {
     struct exec *e = NULL;
-    int in[2] = {-1, -1}, out[2] = {-1, -1}, errp[2] = {-1, -1}, ep[2] = {-1, -1};
+    int in[2] = {-1, -1}, out[2] = {-1, -1}, errp[2] = {-1, -1};
+    int spawn_errno = 0;
+    char msg[400];
+    struct stat st;
+    pid_t pid = -1;
     *err_errno = 0;
     if (exec_find(c, id)) {
         *err = "request id already names a running exec";
@@ -74,23 +110,26 @@ struct exec *exec_start(struct conn *c, uint32_t id, const struct vz_exec_req *r
         *err = "too many concurrent execs";
         return NULL;
     }
-    if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(errp, O_CLOEXEC) || pipe2(ep, O_CLOEXEC)) {
+    if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(errp, O_CLOEXEC)) {
         *err_errno = errno;
         *err = "pipe";
-        goto fail;
+        for (int i = 0; i < 2; i++) {
+            close_fd(&in[i]);
+            close_fd(&out[i]);
+            close_fd(&errp[i]);
+        }
+        return NULL;
     }
-    pid_t pid = fork();
-    if (pid < 0) {
-        *err_errno = errno;
-        *err = "fork";
-        goto fail;
+    /* Check the cwd here so its failure is reported as such, not as a failed exec. */
+    if (r->cwd)
+        spawn_errno = stat(r->cwd, &st) != 0 ? errno : !S_ISDIR(st.st_mode) ? ENOTDIR : 0;
+    if (spawn_errno) {
+        snprintf(msg, sizeof msg, "chdir %s: %s", r->cwd, strerror(spawn_errno));
+    } else if ((spawn_errno = spawn_child(r, probe, in[0], out[1], errp[1], &pid)) != 0) {
+        snprintf(msg, sizeof msg, "exec %s: %s", r->argv[0], strerror(spawn_errno));
     }
-    if (pid == 0)
-        child(r, probe, in[0], out[1], errp[1], ep[1]);
     close(in[0]);
     close(out[1]);
-    close(errp[1]);
-    close(ep[1]);
     memset(e, 0, sizeof(*e));
     e->used = 1;
     e->conn = c;
@@ -99,26 +138,30 @@ struct exec *exec_start(struct conn *c, uint32_t id, const struct vz_exec_req *r
     e->pid = pid;
     e->in_fd = in[1];
     e->out_fd = out[0];
-    e->errpipe = ep[0];
     e->err_fd = errp[0];
+    e->errpipe = -1;
+    if (spawn_errno) {
+        /* Like a shell: the command "ran" and exited 127 (126 for other errors) with the reason on
+         * its stderr, so hosts need no special case. */
+        int fd = probe ? -1 : errp[1];
+        dprintf(fd >= 0 ? fd : 2, "vz-agent: %s\n", msg);
+        e->reaped = 1;
+        e->status = (spawn_errno == ENOENT ? 127 : 126) << 8;
+        e->reaped_at = now_ms();
+        e->exec_errno = spawn_errno;
+        snprintf(e->message, sizeof e->message, "%s", msg);
+        close_fd(&e->in_fd);
+    }
+    close(errp[1]);
     if (probe) /* stderr shares stdout's pipe */
         close_fd(&e->err_fd);
     set_nonblock(e->in_fd);
     set_nonblock(e->out_fd);
     if (e->err_fd >= 0)
         set_nonblock(e->err_fd);
-    set_nonblock(e->errpipe);
     e->deadline = r->timeout_ms ? now_ms() + (int64_t)r->timeout_ms : 0;
     snprintf(e->name, sizeof e->name, "%s", r->argv[0]);
     return e;
-fail:
-    for (int i = 0; i < 2; i++) {
-        close_fd(&in[i]);
-        close_fd(&out[i]);
-        close_fd(&errp[i]);
-        close_fd(&ep[i]);
-    }
-    return NULL;
 }
 
 void exec_queue_stdin(struct exec *e, const uint8_t *p, size_t n, int eof)
@@ -197,12 +240,9 @@ void exec_reap_all(void)
         for (int i = 0; i < MAX_EXECS; i++) {
             struct exec *e = &g_execs[i];
             if (e->used && !e->reaped && e->pid == pid) {
-                int err;
                 e->reaped = 1;
                 e->status = status;
                 e->reaped_at = now_ms();
-                if (read(e->errpipe, &err, sizeof err) == (ssize_t)sizeof err)
-                    e->exec_errno = err;
                 break;
             }
         }
@@ -212,7 +252,6 @@ void exec_reap_all(void)
 static void finish(struct exec *e)
 {
     static struct buf frame;
-    char msg[160];
     uint32_t type = e->probe ? VZ_MSG_OK : VZ_MSG_EXIT;
     if (e->conn) {
         buf_clear(&frame);
@@ -223,10 +262,8 @@ static void finish(struct exec *e)
             put_u64(&frame, VZ_T_EXIT_CODE, (uint64_t)WEXITSTATUS(e->status));
         put_u64(&frame, VZ_T_TIMED_OUT, (uint64_t)e->timed_out);
         put_u64(&frame, VZ_T_PID, (uint64_t)e->pid);
-        if (e->exec_errno) {
-            snprintf(msg, sizeof msg, "exec %s: %s", e->name, strerror(e->exec_errno));
-            put_str(&frame, VZ_T_MESSAGE, msg);
-        }
+        if (e->exec_errno)
+            put_str(&frame, VZ_T_MESSAGE, e->message);
         if (e->probe) {
             int pass = !e->timed_out && WIFEXITED(e->status) && WEXITSTATUS(e->status) == 0;
             size_t n = buf_size(&e->evidence);
@@ -252,7 +289,7 @@ void exec_detach_conn(struct conn *c)
         struct exec *e = &g_execs[i];
         if (e->used && e->conn == c) {
             /* Nobody is left to read the result: stop the whole process group. */
-            if (!e->reaped)
+            if (!e->reaped && e->pid > 0)
                 kill(-e->pid, SIGKILL);
             e->conn = NULL;
         }
@@ -267,7 +304,7 @@ void exec_tick(void)
         struct exec *e = &g_execs[i];
         if (!e->used)
             continue;
-        if (!e->reaped && e->deadline && now >= e->deadline && !e->timed_out) {
+        if (!e->reaped && e->pid > 0 && e->deadline && now >= e->deadline && !e->timed_out) {
             e->timed_out = 1;
             kill(-e->pid, SIGKILL);
         }

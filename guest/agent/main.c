@@ -541,6 +541,9 @@ int main(int argc, char **argv)
         usage();
         return 2;
     }
+    /* Keep fds 0-2 taken (init may start us with them closed) so pipes never land there. */
+    for (int fd = open("/dev/null", O_RDWR | O_CLOEXEC); fd >= 0 && fd <= 2; fd = open("/dev/null", O_RDWR | O_CLOEXEC))
+        ;
     if (!getenv("PATH"))
         setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1);
     signal(SIGPIPE, SIG_IGN);

@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Guest agent figures: binary size per arch and exec round-trip latency over the Unix transport.
+
+Usage: .venv/bin/python benchmarks/agent_exec.py [--iterations N]
+
+Builds (or takes from the cache) the static agent for x86_64 and arm64, starts the host's one with
+``--listen unix:``, and times, in one run on the same machine and load:
+
+* ping_rtt       — a PING round trip (protocol + client floor);
+* exec_true_rtt  — ``exec_collect(["true"])``: EXEC → STARTED → EXIT (fork + exec + reap);
+* host_spawn_true — ``subprocess.run(["true"])`` from Python, the same work without the agent, for scale.
+
+Prints one named figure per line with its unit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from vz_linux.agent_build import build_agent
+from vz_linux.agent_client import AgentClient
+from vz_linux.arch import Architecture
+from vz_linux.run import spawn
+
+
+def _time(fn: Callable[[], object], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def _report(name: str, samples: list[float]) -> None:
+    p95 = statistics.quantiles(samples, n=20)[-1]
+    print(f"{name}: median {statistics.median(samples):.3f} ms, p95 {p95:.3f} ms, n={len(samples)}")
+
+
+def _exec_true(client: AgentClient) -> None:
+    r = client.exec_collect(["true"])
+    if r.exit_code != 0:
+        raise SystemExit(f"true failed: {r.describe()}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--iterations", type=int, default=1000)
+    args = ap.parse_args()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}, "
+          f"python {platform.python_version()}")
+    for arch in Architecture:
+        binary = build_agent(arch)
+        print(f"agent_size_{arch.value}: {binary.stat().st_size} bytes ({binary.stat().st_size / 1024:.0f} KiB)")
+    host = build_agent(Architecture.host())
+    with tempfile.TemporaryDirectory(prefix="vz-agent-bench-") as tmp:
+        sock = Path(tmp) / "agent.sock"
+        with spawn([host, "--listen", f"unix:{sock}"]):
+            deadline = time.monotonic() + 10
+            while not sock.exists():
+                if time.monotonic() > deadline:
+                    raise SystemExit("agent did not start")
+                time.sleep(0.01)
+            with AgentClient.connect_unix(sock) as client:
+                for _ in range(20):  # warm up caches and the page cache for `true`
+                    _exec_true(client)
+                _report("ping_rtt", _time(client.ping, args.iterations))
+                _report("exec_true_rtt", _time(lambda: _exec_true(client), args.iterations))
+                _report("host_spawn_true", _time(lambda: subprocess.run(["true"], check=True),
+                                                 max(100, args.iterations // 5)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
