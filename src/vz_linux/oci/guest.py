@@ -58,8 +58,8 @@ def prepare_script(cwd: str) -> str:
         f"workdir={GUEST_WORK}/work vz-oci-rootfs {GUEST_ROOTFS}",
         # A working directory the image lacks is created, as Docker does for WORKDIR.
         f"mkdir -p {q(GUEST_ROOTFS + posixpath.normpath('/' + cwd))}",
-        # crun needs a cgroup2 hierarchy to decide its cgroup mode, even with cgroups disabled.
-        "mkdir -p /sys/fs/cgroup",
+        # crun needs a cgroup2 hierarchy to decide its cgroup mode, even with cgroups disabled
+        # (init normally mounts it already).
         "grep -qw cgroup2 /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null || true",
     ]
     return "\n".join(lines) + "\n"

@@ -28,7 +28,9 @@ def create(cfg: RuntimeConfig, req: ContainerRequest) -> ContainerState:
     try:
         supervisor.spawn(cfg, state.id)
     except BaseException:
+        # The VM never came up: leave neither a supervisor nor a half-made container behind.
         _kill_supervisor(cfg, store_for(cfg).read(state.id))
+        store_for(cfg).remove(state.id)
         raise
     return store_for(cfg).read(state.id)
 

@@ -242,9 +242,11 @@ def run_foreground(cfg: RuntimeConfig, req: ContainerRequest, *, remove: bool,
     host_prepare = time.monotonic() - t0
     store = store_for(cfg)
     cdir = store.dir(state.id)
+    started = False
     try:
         with ContainerVm(cfg, state, bundle, cdir) as cvm:
             store.update(state.id, status=Status.running, started=now())
+            started = True
             code = cvm.run(on_stdout, on_stderr, log=not remove)
             t_stop = time.monotonic()
         if timings is not None:
@@ -252,9 +254,11 @@ def run_foreground(cfg: RuntimeConfig, req: ContainerRequest, *, remove: bool,
         store.update(state.id, status=Status.exited, exit_code=code, finished=now())
         return code
     except BaseException as e:
-        if not remove:
+        if started and not remove:
             with contextlib.suppress(Exception):
                 store.update(state.id, status=Status.failed, error=str(e) or type(e).__name__, finished=now())
+        else:
+            remove = True  # it never ran: leave no record behind
         raise
     finally:
         if remove:
