@@ -29,7 +29,7 @@ def create(cfg: RuntimeConfig, req: ContainerRequest) -> ContainerState:
         supervisor.spawn(cfg, state.id)
     except BaseException:
         # The VM never came up: leave neither a supervisor nor a half-made container behind.
-        _kill_supervisor(cfg, store_for(cfg).read(state.id))
+        _kill_supervisor(cfg, store_for(cfg).read(state.id), grace=15, terminate=True)
         store_for(cfg).remove(state.id)
         raise
     return store_for(cfg).read(state.id)
@@ -92,11 +92,15 @@ def exec_in(cfg: RuntimeConfig, ref: str, args: Sequence[str], *, env: Sequence[
     raise ContainerStateError(f"the supervisor of {state.name} went away during exec")
 
 
-def _kill_supervisor(cfg: RuntimeConfig, state: ContainerState) -> None:
+def _kill_supervisor(cfg: RuntimeConfig, state: ContainerState, *, grace: float = 30.0,
+                     terminate: bool = False) -> None:
     """Make sure no supervisor (and so no VM: QEMU dies with it) is left for this container."""
     if state.supervisor_pid is None:
         return
-    if supervisor.wait_gone(state.supervisor_pid, state.supervisor_start, 30):
+    if terminate and not supervisor.wait_gone(state.supervisor_pid, state.supervisor_start, 0):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(state.supervisor_pid, signal.SIGTERM)  # it unwinds: VM stopped, socket removed
+    if supervisor.wait_gone(state.supervisor_pid, state.supervisor_start, grace):
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(state.supervisor_pid, signal.SIGKILL)
