@@ -1,0 +1,89 @@
+"""VM tests: boot real QEMU guests (TCG) from bundles built through the kernel cache.
+
+Every VM of this session (including those started by CLI subprocesses) keeps its work dir under
+one session-unique TMPDIR, so the stray-process check at the end can tell our QEMU/virtiofsd
+processes from anyone else's on the machine.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vz_linux.arch import Architecture
+from vz_linux.cpio import Archive
+from vz_linux.profiles import KernelProfile
+
+from .procs import processes_mentioning
+
+
+@pytest.fixture(scope="session", autouse=True)
+def vm_session_tmpdir() -> Iterator[Path]:
+    # Short (Unix socket paths are limited to 108 bytes) and unique to this session.
+    d = Path(tempfile.mkdtemp(prefix="vzt-", dir="/tmp"))
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(d)
+    tempfile.tempdir = None  # re-read TMPDIR
+    try:
+        yield d
+    finally:
+        if old is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = old
+        tempfile.tempdir = None
+        # No stray processes after the suite: nothing may still run from this session's VM dirs.
+        deadline = time.monotonic() + 10
+        left = processes_mentioning(str(d))
+        while left and time.monotonic() < deadline:
+            time.sleep(0.2)
+            left = processes_mentioning(str(d))
+        shutil.rmtree(d, ignore_errors=True)
+        assert not left, f"stray processes after the VM tests: {left}"
+
+
+@pytest.fixture(scope="session")
+def container_bundle(built_bundle) -> Path:  # type: ignore[no-untyped-def]
+    return Path(built_bundle(KernelProfile.container, Architecture.x86_64))
+
+
+@pytest.fixture(scope="session")
+def container_bundle_arm64(built_bundle) -> Path:  # type: ignore[no-untyped-def]
+    return Path(built_bundle(KernelProfile.container, Architecture.arm64))
+
+
+def busybox_archive(busybox: Path, init: str | None) -> Archive:
+    """A tiny initramfs: BusyBox and, unless None, an /init shell script."""
+    ar = Archive()
+    for d in ("bin", "dev", "proc", "sys"):
+        ar.add_dir(d)
+    ar.add_file("bin/busybox", busybox.read_bytes(), 0o755)
+    ar.add_symlink("bin/sh", "busybox")
+    ar.add_char_device("dev/console", 5, 1, 0o600)
+    if init is not None:
+        ar.add_file("init", init.encode(), 0o755)
+    return ar
+
+
+@pytest.fixture(scope="session")
+def host_busybox() -> Path:
+    from vz_linux.busybox import get_busybox
+
+    return get_busybox(Architecture.x86_64).path
+
+
+@pytest.fixture
+def tiny_initramfs(tmp_path: Path, host_busybox: Path):  # type: ignore[no-untyped-def]
+    """Factory: /init script text (or None for no /init) -> gzip initramfs path."""
+    def make(init: str | None, name: str = "tiny.img") -> Path:
+        out = tmp_path / name
+        out.write_bytes(busybox_archive(host_busybox, init).to_gzip())
+        return out
+
+    return make

@@ -1,0 +1,42 @@
+"""Accelerator choice: auto must prove KVM works (SPEC §8: here /dev/kvm exists but is broken)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vz_linux.accel import KVM_DEVICE, AccelChoice, resolve_accel
+from vz_linux.errors import InvalidConfigError
+from vz_linux.qemu import Accel
+
+
+def test_explicit_choices() -> None:
+    assert resolve_accel("tcg").accel is Accel.tcg
+    with pytest.raises(InvalidConfigError):
+        resolve_accel("hvf")
+
+
+def test_auto_probes_and_caches_per_host_boot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VZ_LINUX_CACHE_DIR", str(tmp_path))
+    first = resolve_accel(AccelChoice.auto)
+    assert first.reason and "cached" not in first.reason
+    cache = tmp_path / "accel-verdict.json"
+    assert cache.is_file()
+    second = resolve_accel(AccelChoice.auto)
+    assert second.accel is first.accel and "cached" in second.reason
+    if not KVM_DEVICE.exists():
+        assert first.accel is Accel.tcg
+
+
+@pytest.mark.skipif(not KVM_DEVICE.exists(), reason="the probe guest needs /dev/kvm")
+def test_probe_guest_itself_is_correct() -> None:
+    # The same real-mode guest with a 1000-iteration loop finishes even on a crawling KVM: proves the
+    # probe code is right, so a timeout of the full probe means KVM is too slow, not a bug.
+    code = ("import vz_linux.accel as a;"
+            "a._GUEST_CODE = bytes.fromhex('66b9e8030000' '6649' '75fc' 'b042' 'e610' 'f4');"
+            "a.kvm_smoke_test()")
+    proc = subprocess.run([sys.executable, "-c", code], timeout=120, capture_output=True)
+    assert proc.returncode == 0, proc.stderr

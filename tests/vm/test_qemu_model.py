@@ -1,0 +1,77 @@
+"""The VM description -> QEMU argv (no QEMU started)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vz_linux.arch import Architecture
+from vz_linux.qemu import AGENT_PORT_NAME, Accel, QemuVm, Share, Transport
+
+
+def _opt(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
+
+
+def test_x86_64_microvm_pvh_with_agent_port() -> None:
+    vm = QemuVm(arch=Architecture.x86_64, kernel=Path("/k/vmlinux"), initramfs=Path("/k/initramfs.img"),
+                agent_socket=Path("/w/agent.sock"), serial_log=Path("/w/serial.log"), memory_mib=256)
+    argv = vm.argv()
+    assert argv[0] == "qemu-system-x86_64"
+    assert _opt(argv, "-M")[0].startswith("microvm,acpi=off")
+    assert "virtio-mmio.force-legacy=false" in _opt(argv, "-global")
+    assert _opt(argv, "-kernel") == ["/k/vmlinux"] and _opt(argv, "-initrd") == ["/k/initramfs.img"]
+    for flag in ("-nodefaults", "-no-user-config", "-nographic", "-no-reboot"):
+        assert flag in argv
+    assert _opt(argv, "-m") == ["256M"] and _opt(argv, "-accel") == ["tcg"]
+    chardevs = _opt(argv, "-chardev")
+    assert "socket,id=agent0,path=/w/agent.sock" in chardevs  # a client: no server=on
+    assert not any("server=on" in c for c in chardevs)
+    assert "file,id=con0,path=/w/serial.log" in chardevs
+    devices = _opt(argv, "-device")
+    assert devices[0].startswith("virtio-serial-device")
+    assert f"virtserialport,chardev=agent0,name={AGENT_PORT_NAME},bus=vser0.0" in devices
+    cmdline = _opt(argv, "-append")[0].split()
+    assert "console=ttyS0" in cmdline and "reboot=t" in cmdline and "panic=-1" in cmdline
+    # No network, vsock or shared memory unless asked for.
+    assert not any(d.startswith(("virtio-net", "vhost-vsock", "vhost-user-fs")) for d in devices)
+    assert "-object" not in argv
+
+
+def test_arm64_virt_and_console() -> None:
+    vm = QemuVm(arch=Architecture.arm64, kernel=Path("/k/vmlinux"), agent_socket=Path("/w/a.sock"))
+    argv = vm.argv()
+    assert argv[0] == "qemu-system-aarch64"
+    assert _opt(argv, "-M")[0].startswith("virt") and _opt(argv, "-cpu") == ["max"]
+    assert "console=ttyAMA0" in _opt(argv, "-append")[0].split()
+    assert "-initrd" not in argv
+
+
+def test_shares_need_shared_memory_backend_and_one_device_each() -> None:
+    vm = QemuVm(arch=Architecture.x86_64, kernel=Path("/k"), memory_mib=512,
+                shares=(Share("rootfs", Path("/w/fs0.sock")), Share("vz-mount-0", Path("/w/fs1.sock"))))
+    argv = vm.argv()
+    assert "memory-backend=mem" in _opt(argv, "-M")[0]
+    assert "memory-backend-memfd,id=mem,size=512M,share=on" in _opt(argv, "-object")
+    fs = [d for d in _opt(argv, "-device") if d.startswith("vhost-user-fs-device")]
+    assert fs == ["vhost-user-fs-device,chardev=fs0,tag=rootfs", "vhost-user-fs-device,chardev=fs1,tag=vz-mount-0"]
+
+
+def test_network_vsock_and_pc_machine() -> None:
+    vm = QemuVm(arch=Architecture.x86_64, kernel=Path("/k"), network=True, vsock_cid=5, machine="pc",
+                accel=Accel.kvm)
+    argv = vm.argv()
+    assert vm.virtio is Transport.pci
+    devices = _opt(argv, "-device")
+    assert "virtio-net-pci,netdev=net0" in devices and "vhost-vsock-pci,guest-cid=5" in devices
+    assert "user,id=net0" in _opt(argv, "-netdev")
+    assert _opt(argv, "-cpu") == ["host"] and _opt(argv, "-accel") == ["kvm"]
+    assert "-global" not in argv  # force-legacy is a virtio-mmio property
+
+
+def test_two_configs_compare_as_data() -> None:
+    a = QemuVm(arch=Architecture.x86_64, kernel=Path("/k"))
+    assert a == QemuVm(arch=Architecture.x86_64, kernel=Path("/k"))
+    assert a != QemuVm(arch=Architecture.x86_64, kernel=Path("/k"), network=True)
+    quiet = QemuVm(arch=Architecture.x86_64, kernel=Path("/k"), fast_cmdline=False, cmdline_extra=("foo=1",))
+    words = quiet.kernel_cmdline().split()
+    assert "quiet" not in words and words[-1] == "foo=1"
