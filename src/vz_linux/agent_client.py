@@ -323,12 +323,14 @@ class AgentClient:
 
     def exec_stream(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
                     cwd: str | None = None, stdin: bytes | None = None, close_stdin: bool = True,
-                    timeout: float | None = None, start_timeout: float | None = None) -> ExecStream:
+                    timeout: float | None = None, start_timeout: float | None = None,
+                    wait_started: bool = True) -> ExecStream:
         """Start a command; iterate the returned stream for output, then ``.result``.
 
         ``env`` adds to/overrides the agent's environment. ``timeout`` (seconds) is enforced by the
         agent, which SIGKILLs the command's whole process group. ``close_stdin=False`` keeps stdin
-        open for :meth:`ExecStream.write_stdin`.
+        open for :meth:`ExecStream.write_stdin`. ``wait_started=False`` returns at once (the agent's
+        STARTED/ERROR reply is then handled while iterating), saving a round trip.
         """
         if not argv:
             raise AgentError("exec needs a non-empty argv")
@@ -348,12 +350,13 @@ class AgentClient:
         rid, q = self._register()
         try:
             self._send(encode_frame(Msg.EXEC, rid, fields), t)
-            frame = self._wait(q, t, f"exec {argv[0]}")
-            _raise_for_error(frame, f"exec {argv[0]}")
+            if wait_started:
+                frame = self._wait(q, t, f"exec {argv[0]}")
+                _raise_for_error(frame, f"exec {argv[0]}")
         except BaseException:
             self._unregister(rid)
             raise
-        stream = ExecStream(self, rid, q, frame.int(Tag.PID) or 0, timeout)
+        stream = ExecStream(self, rid, q, frame.int(Tag.PID) or 0 if wait_started else 0, timeout, argv[0])
         if rest:
             stream.write_stdin(rest)
             if close_stdin:
@@ -364,7 +367,8 @@ class AgentClient:
                      cwd: str | None = None, stdin: bytes | None = None,
                      timeout: float | None = None) -> ExecResult:
         """Run a command to completion and collect its output."""
-        return self.exec_stream(argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout).wait()
+        return self.exec_stream(argv, env=env, cwd=cwd, stdin=stdin, timeout=timeout,
+                                wait_started=False).wait()
 
     def signal(self, exec_id: int, sig: int, *, timeout: float | None = None) -> None:
         """Send ``sig`` to the process group of a running exec (``ExecStream.exec_id``)."""
@@ -411,10 +415,12 @@ class ExecStream:
     """A running exec: iterate for :class:`ExecOutput` chunks; ``result`` once it finished."""
 
     def __init__(self, client: AgentClient, exec_id: int, q: queue.Queue[Frame | AgentError], pid: int,
-                 timeout: float | None) -> None:
+                 timeout: float | None, name: str) -> None:
         self._client = client
         self.exec_id = exec_id
         self.pid = pid
+        self._name = name
+        self._started = pid != 0
         self._q = q
         self._deadline = None if timeout is None else time.monotonic() + timeout + EXEC_TIMEOUT_GRACE
         self._stdout = bytearray()
@@ -449,7 +455,13 @@ class ExecStream:
                     error=None if msg is None else msg.decode(errors="replace"),
                     pid=self.pid,
                 )
+            elif item.msg == Msg.STARTED:
+                self.pid = item.int(Tag.PID) or 0
+                self._started = True
             elif item.msg == Msg.ERROR:
+                if not self._started:  # the exec itself was refused
+                    self._client._unregister(self.exec_id)
+                    _raise_for_error(item, f"exec {self._name}")
                 self.errors.append(item.str(Tag.MESSAGE))
 
     def wait(self) -> ExecResult:
