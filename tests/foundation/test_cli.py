@@ -91,14 +91,16 @@ def test_ensure_and_install(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     meta = make_bundle(tmp_path / "c", KernelProfile.container)
+    # (an explicit install dir keeps a real bundle in this checkout's linux/out out of the picture)
+    inst = ("--install-dir", str(tmp_path / "inst"))
     r = vz(home, "ensure", "--profile", "container", "--require", "nfsd,io_uring", "--require", "vsock",
-           "--json", VZ_LINUX_CONTAINER_BUNDLE_DIR=str(tmp_path / "c"))
+           "--json", *inst, VZ_LINUX_CONTAINER_BUNDLE_DIR=str(tmp_path / "c"))
     assert r.returncode == 0, r.stderr
     data = json.loads(r.stdout)
-    assert data["root"] == str(home / ".vz" / "linux" / "container")
+    assert data["root"] == str(tmp_path / "inst")
     assert data["source_reason"] == "$VZ_LINUX_CONTAINER_BUNDLE_DIR"
     # nothing to install any more: the installed bundle is returned
-    r = vz(home, "ensure", "--profile", "container", "--json")
+    r = vz(home, "ensure", "--profile", "container", "--json", *inst)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["source"] is None and json.loads(r.stdout)["kernel"] == meta.kernel
     # install DIR uses the bundle's own profile; --install-dir overrides

@@ -18,8 +18,12 @@ from .bundles import make_bundle
 from .conftest import PYTHON, clean_env
 
 # Each worker ensures the container profile from $VZ_LINUX_CONTAINER_BUNDLE_DIR and prints what it got.
+# The source checkout's linux/out is pointed nowhere so a real bundle built in this checkout
+# cannot be picked up by the resolution order (step 4) in these isolated runs.
 ENSURE = (
-    "import sys; from vz_linux import ensure_kernel_profile\n"
+    "from pathlib import Path; import vz_linux.layout as layout\n"
+    "layout.default_out_root = lambda: Path('/nonexistent/linux/out')\n"
+    "from vz_linux import ensure_kernel_profile\n"
     "b = ensure_kernel_profile('container')\n"
     "print(b.root, b.metadata.kernel, b.metadata.sha256_vmlinux)\n"
 )
