@@ -87,7 +87,7 @@ def verify_boot(
     bundle: KernelBundle | Path,
     *,
     timeout: float = 120.0,
-    accel: AccelChoice = AccelChoice.auto,
+    accel: AccelChoice | str = AccelChoice.auto,
     check: bool = True,
     on_retry: Callable[[int, float], None] | None = None,
     config: VmConfig | None = None,

@@ -67,7 +67,7 @@ class VmConfig:
     rootfs: Path | None = None  # shared as tag "rootfs": init overlays it and chroots (SPEC §5)
     shares: tuple[VmShare, ...] = ()  # further shares, conventionally tagged vz-mount-N
     serial_log: Path | None = None  # None: kept in the VM's work dir (for error reports) and deleted
-    accel: AccelChoice = AccelChoice.auto
+    accel: AccelChoice | str = AccelChoice.auto
     vsock_cid: int | None = None  # only used when the host has /dev/vhost-vsock
     hvc_console: bool = True
     machine: str | None = None  # None: microvm (x86_64) / virt (arm64); "pc" for stock kernels

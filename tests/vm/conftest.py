@@ -49,12 +49,12 @@ def vm_session_tmpdir() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def container_bundle(built_bundle) -> Path:  # type: ignore[no-untyped-def]
+def container_bundle(built_bundle) -> Path:
     return Path(built_bundle(KernelProfile.container, Architecture.x86_64))
 
 
 @pytest.fixture(scope="session")
-def container_bundle_arm64(built_bundle) -> Path:  # type: ignore[no-untyped-def]
+def container_bundle_arm64(built_bundle) -> Path:
     return Path(built_bundle(KernelProfile.container, Architecture.arm64))
 
 
@@ -79,7 +79,7 @@ def host_busybox() -> Path:
 
 
 @pytest.fixture
-def tiny_initramfs(tmp_path: Path, host_busybox: Path):  # type: ignore[no-untyped-def]
+def tiny_initramfs(tmp_path: Path, host_busybox: Path):
     """Factory: /init script text (or None for no /init) -> gzip initramfs path."""
     def make(init: str | None, name: str = "tiny.img") -> Path:
         out = tmp_path / name

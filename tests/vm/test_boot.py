@@ -1,0 +1,135 @@
+"""Boot the container x86_64 bundle (TCG) and use it through the agent and the CLIs."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vz_linux.errors import GuestBootError
+from vz_linux.vm import LinuxVm, VmConfig
+
+pytestmark = [pytest.mark.vm, pytest.mark.kernel, pytest.mark.slow]
+
+
+def _cli(prog: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    mod = {"vz-linux": "vz_linux.cli.main", "vz-linux-bench": "vz_linux.cli.bench"}[prog]
+    return subprocess.run([sys.executable, "-c", f"from {mod} import main; main()", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def vm(container_bundle: Path) -> Iterator[LinuxVm]:
+    with LinuxVm(VmConfig.from_bundle(container_bundle, accel="tcg")) as v:
+        v.wait_for_agent(120)
+        yield v
+
+
+def test_agent_ready_and_kernel_release(vm: LinuxVm) -> None:
+    assert vm.times is not None and vm.times.hello.protocol_revision >= 1
+    r = vm.exec_collect(["uname", "-r"])
+    assert r.exit_code == 0 and r.stdout.decode().strip().endswith("-vz-container")
+    assert vm.accel is not None and vm.accel.accel.value == "tcg"
+
+
+@pytest.mark.parametrize("code", [0, 1, 42, 255])
+def test_exit_codes_round_trip(vm: LinuxVm, code: int) -> None:
+    assert vm.exec_collect(["sh", "-c", f"echo out; echo err >&2; exit {code}"]).exit_code == code
+
+
+def test_streaming_exec(vm: LinuxVm) -> None:
+    chunks = list(vm.exec_stream(["sh", "-c", "for i in 1 2 3; do echo line$i; done"]))
+    assert b"".join(c.data for c in chunks) == b"line1\nline2\nline3\n"
+
+
+def test_vz_linux_run_streams_and_exits_with_the_code(container_bundle: Path) -> None:
+    p = _cli("vz-linux", "run", "--bundle-dir", str(container_bundle), "--accel", "tcg", "--",
+             "sh", "-c", "echo hello-from-guest; echo oops >&2; exit 7")
+    assert p.returncode == 7, p.stderr
+    assert p.stdout == "hello-from-guest\n" and "oops" in p.stderr
+
+
+@pytest.fixture
+def http_server() -> Iterator[tuple[str, bytes]]:
+    body = b"vz-linux http smoke body 7f3a\n"
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        # The guest reaches the host's loopback through QEMU user-net's host alias 10.0.2.2.
+        yield f"http://10.0.2.2:{srv.server_address[1]}/smoke", body
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_bench_http_smoke_returns_the_body(container_bundle: Path, http_server: tuple[str, bytes],
+                                           tmp_path: Path) -> None:
+    url, body = http_server
+    out = tmp_path / "bench.json"
+    p = _cli("vz-linux-bench", "--bundle-dir", str(container_bundle), "--iterations", "1", "--timeout-secs",
+             "120", "--accel", "tcg", "--http-smoke-url", url, "--guest-logs", "--json", str(out))
+    assert p.returncode == 0, p.stderr
+    data = json.loads(out.read_text())
+    (sample,) = data["samples"]
+    assert sample["http_smoke"] == body.decode()
+    assert sample["kernel_release"].endswith("-vz-container")
+    assert "Linux version" in (sample["guest_log"] or "") or sample["guest_log"]  # dmesg tail captured
+    summ = data["summary"][str(container_bundle)]
+    assert summ["total_s"]["n"] == 1 and summ["total_s"]["median"] > 0
+
+
+def test_rootfs_dir_boots_into_the_share(container_bundle: Path, host_busybox: Path, tmp_path: Path) -> None:
+    root = tmp_path / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    for d in ("etc", "proc", "sys", "dev", "tmp", "run", "mnt"):
+        (root / d).mkdir()
+    (root / "bin" / "busybox").write_bytes(host_busybox.read_bytes())
+    (root / "bin" / "busybox").chmod(0o755)
+    (root / "bin" / "sh").symlink_to("busybox")
+    (root / "bin" / "cat").symlink_to("busybox")
+    (root / "etc" / "vz-marker").write_text("rootfs marker 51d2\n")
+    p = _cli("vz-linux", "run", "--bundle-dir", str(container_bundle), "--accel", "tcg",
+             "--rootfs-dir", str(root), "--", "sh", "-c", "cat /etc/vz-marker; grep ' / ' /proc/mounts")
+    assert p.returncode == 0, p.stderr
+    marker, mounts = p.stdout.split("\n", 1)
+    assert marker == "rootfs marker 51d2"
+    assert "overlay" in mounts  # the overlay over the virtiofs share is the root
+
+
+def test_panic_is_reported_with_its_log(container_bundle: Path, tiny_initramfs) -> None:
+    # /init exits at once: the kernel panics ("Attempted to kill init!"), panic=-1 makes QEMU exit.
+    initramfs = tiny_initramfs("#!/bin/sh\nexit 3\n")
+    cfg = VmConfig(kernel=container_bundle / "vmlinux", initramfs=initramfs, accel="tcg")
+    with LinuxVm(cfg) as v, pytest.raises(GuestBootError) as info:
+        v.wait_for_agent(120)
+    msg = str(info.value)
+    assert "Kernel panic" in msg and "serial log tail" in msg and "kill init" in msg
+
+
+def test_missing_init_panics_too(container_bundle: Path, tiny_initramfs) -> None:
+    cfg = VmConfig(kernel=container_bundle / "vmlinux", initramfs=tiny_initramfs(None), accel="tcg")
+    with LinuxVm(cfg) as v, pytest.raises(GuestBootError, match="Kernel panic"):
+        v.wait_for_agent(120)
+
+
+def test_run_cli_bad_bundle_is_one_line(tmp_path: Path) -> None:
+    p = _cli("vz-linux", "run", "--bundle-dir", str(tmp_path), "--", "true")
+    assert p.returncode not in (0, 1) and "Traceback" not in p.stderr and p.stderr.count("\n") == 1
