@@ -1,0 +1,143 @@
+"""Config resolution against the real Linux source: baseline + fragments + olddefconfig, then every
+fragment line checked (seconds, no compile)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vz_linux.arch import Architecture
+from vz_linux.build import configure
+from vz_linux.errors import CapabilityContractError, InvalidConfigError, KconfigCheckError
+from vz_linux.kconfig import fragment_paths, read_allowlist
+from vz_linux.profiles import KernelCapability, KernelProfile
+from vz_linux.sources import KernelSource
+
+pytestmark = [pytest.mark.kernel]
+
+VZ_LINUX = Path(sys.executable).parent / "vz-linux"
+
+
+@pytest.mark.parametrize("arch", list(Architecture))
+@pytest.mark.parametrize("profile", list(KernelProfile))
+def test_profiles_resolve_with_zero_drops(kernel_source: KernelSource, profile: KernelProfile,
+                                         arch: Architecture) -> None:
+    report = configure(profile, arch, kernel_source)
+    r = report.resolved
+    assert [c.describe() for c in r.failures] == []
+    assert not [c for c in r.checks if c.allowed_because], "the shipped allow-list is empty on purpose"
+    # Every line of every fragment was checked, none skipped.
+    expected = sum(
+        1 for p in fragment_paths(profile, arch) for raw in p.read_text().splitlines()
+        if raw.startswith("CONFIG_") or (raw.startswith("# CONFIG_") and raw.endswith(" is not set"))
+    )
+    assert len(r.checks) == expected > 30
+    assert report.capabilities >= profile.contract, report.missing
+    assert report.missing == ()
+    assert r.config.get("LOCALVERSION") == f'"{profile.local_version}"'
+    assert r.config.get("MODULES", "n") == "n"
+    if arch is Architecture.x86_64:
+        assert r.config.get("PVH") == "y"  # QEMU/Firecracker boot the ELF vmlinux through it
+        assert r.config.get("VIRTIO_MMIO_CMDLINE_DEVICES") == "y"
+    else:
+        assert r.config.get("SERIAL_AMBA_PL011_CONSOLE") == "y"
+        assert r.config.get("PCI_HOST_GENERIC") == "y"
+    if profile is KernelProfile.container:
+        assert KernelCapability.container_sandbox in report.capabilities
+        assert KernelCapability.nested_virt not in report.capabilities
+        assert KernelCapability.tun not in report.capabilities
+        assert r.config.get("RD_GZIP") == "y"
+        assert {"IKCONFIG", "KVM", "TUN", "NFS_FS"} <= {line.symbol for line in r.exclusions}
+    else:
+        assert KernelCapability.container_sandbox not in report.capabilities
+
+
+def _planted(tmp_path: Path, profile: KernelProfile, arch: Architecture, text: str) -> tuple[Path, ...]:
+    planted = tmp_path / "planted.config"
+    planted.write_text(text)
+    return (*fragment_paths(profile, arch), planted)
+
+
+def test_planted_drop_names_the_unmet_dependency(kernel_source: KernelSource, tmp_path: Path) -> None:
+    # SCSI is off in the container profile, so virtio-scsi cannot be enabled.
+    frags = _planted(tmp_path, KernelProfile.container, Architecture.x86_64, "CONFIG_SCSI_VIRTIO=y\n")
+    report = configure(KernelProfile.container, Architecture.x86_64, kernel_source, fragments=frags,
+                       allowlist=tmp_path / "none.txt")
+    [bad] = report.resolved.failures
+    assert bad.line.symbol == "SCSI_VIRTIO" and bad.line.path == frags[-1] and bad.line.lineno == 1
+    assert bad.resulting == "n"
+    assert bad.explanation.startswith("depends on ")
+    assert "SCSI [=n]" in bad.explanation
+    with pytest.raises(KconfigCheckError, match=r"CONFIG_SCSI_VIRTIO=y dropped: depends on .*SCSI \[=n\]"):
+        report.raise_for_problems()
+
+
+def test_planted_off_line_names_what_selects_it(kernel_source: KernelSource, tmp_path: Path) -> None:
+    # On x86 PERF_EVENTS is selected by the arch itself: "not set" cannot hold.
+    frags = _planted(tmp_path, KernelProfile.container, Architecture.x86_64,
+                     "# CONFIG_PERF_EVENTS is not set\nCONFIG_NO_SUCH_OPTION_VZ=y\n")
+    report = configure(KernelProfile.container, Architecture.x86_64, kernel_source, fragments=frags,
+                       allowlist=tmp_path / "none.txt")
+    bad = {c.line.symbol: c for c in report.resolved.failures}
+    assert set(bad) == {"PERF_EVENTS", "NO_SUCH_OPTION_VZ"}
+    assert bad["PERF_EVENTS"].resulting == "y"
+    assert "selected by X86 [=y]" in bad["PERF_EVENTS"].explanation
+    assert "no such symbol" in bad["NO_SUCH_OPTION_VZ"].explanation
+
+
+def test_allow_listed_drop_passes(kernel_source: KernelSource, tmp_path: Path) -> None:
+    frags = _planted(tmp_path, KernelProfile.container, Architecture.x86_64, "CONFIG_SCSI_VIRTIO=y\n")
+    allow = tmp_path / "allow.txt"
+    allow.write_text("# reviewed\ncontainer:x86_64 CONFIG_SCSI_VIRTIO planted by the test, reviewed\n"
+                     "developer:* CONFIG_SCSI_VIRTIO another profile: must not matter\n")
+    report = configure(KernelProfile.container, Architecture.x86_64, kernel_source, fragments=frags,
+                       allowlist=allow)
+    assert report.resolved.failures == []
+    [accepted] = [c for c in report.resolved.checks if not c.ok]
+    assert accepted.allowed_because == "planted by the test, reviewed"
+    assert "SCSI [=n]" in accepted.explanation
+    report.raise_for_problems()  # does not raise
+
+
+def test_allow_list_needs_a_reason(tmp_path: Path) -> None:
+    allow = tmp_path / "allow.txt"
+    allow.write_text("container:x86_64 CONFIG_SCSI_VIRTIO\n")
+    with pytest.raises(InvalidConfigError, match=r"allow\.txt:1"):
+        read_allowlist(allow)
+
+
+def test_contract_violation_names_capability_and_symbols(kernel_source: KernelSource, tmp_path: Path) -> None:
+    # The container fragment without its OVERLAY_FS line: allnoconfig leaves overlayfs off.
+    base, *arch_frags = fragment_paths(KernelProfile.container, Architecture.x86_64)
+    edited = tmp_path / base.name
+    edited.write_text("".join(line for line in base.read_text().splitlines(keepends=True)
+                              if not line.startswith("CONFIG_OVERLAY_FS=")))
+    report = configure(KernelProfile.container, Architecture.x86_64, kernel_source,
+                       fragments=(edited, *arch_frags))
+    assert report.resolved.failures == []  # every remaining line holds...
+    with pytest.raises(CapabilityContractError, match=r"overlayfs: CONFIG_OVERLAY_FS is n"):
+        report.raise_for_problems()  # ...but the contract does not
+
+
+def test_overridden_line_is_reported(kernel_source: KernelSource, tmp_path: Path) -> None:
+    frags = _planted(tmp_path, KernelProfile.container, Architecture.x86_64, "# CONFIG_VETH is not set\n")
+    report = configure(KernelProfile.container, Architecture.x86_64, kernel_source, fragments=frags)
+    [bad] = report.resolved.failures
+    assert bad.line.symbol == "VETH" and bad.line.value == "y"
+    assert "overridden by # CONFIG_VETH is not set (planted.config:1)" in bad.explanation
+
+
+def test_config_cli_json_and_exit_code(tmp_path: Path) -> None:
+    proc = subprocess.run([str(VZ_LINUX), "config", "--profile", "container", "--arch", "x86_64", "--json"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    data = json.loads(proc.stdout)
+    assert data["ok"] is True and data["kernel"].startswith("6.1.")
+    assert data["counts"]["y"] > 100 and data["counts"]["m"] == 0
+    assert "container_sandbox" in data["capabilities"]
+    assert all(c["ok"] for c in data["checks"]) and len(data["checks"]) > 100
