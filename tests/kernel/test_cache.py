@@ -1,0 +1,112 @@
+"""The kernel image cache and the compile driver, with real files and a real make (a tiny
+stand-in kernel tree whose Makefile behaves like kbuild's)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vz_linux import kernel_cache
+from vz_linux.arch import Architecture
+from vz_linux.errors import BuildError
+from vz_linux.kernel_build import CompileProgress, SourceInfo, ToolchainInfo, compile_kernel
+from vz_linux.profiles import KernelProfile
+from vz_linux.sources import KernelSource
+
+TOOLCHAIN = ToolchainInfo(compiler="gcc (Debian 12.2.0-14) 12.2.0", binutils="GNU ld 2.40", cross_compile="")
+SOURCE = SourceInfo(kind="tarball", version="6.1.7", sha256="a" * 64, origin="/x/linux.tar.xz")
+
+
+def _key(**over: object) -> str:
+    args: dict[str, object] = {"config_text": "CONFIG_A=y\n", "source_identity": "src", "toolchain": TOOLCHAIN,
+                               "schema": "1", "arch": Architecture.x86_64}
+    args.update(over)
+    return kernel_cache.cache_key(**args)  # type: ignore[arg-type]
+
+
+def test_key_covers_every_input() -> None:
+    base = _key()
+    others = [
+        _key(config_text="CONFIG_A=n\n"),
+        _key(source_identity="other"),
+        _key(toolchain=ToolchainInfo(TOOLCHAIN.compiler.replace("12.2.0-14", "12.2.0-15"), TOOLCHAIN.binutils, "")),
+        _key(toolchain=ToolchainInfo(TOOLCHAIN.compiler, "GNU ld 2.41", "")),
+        _key(schema="2"),
+        _key(arch=Architecture.arm64),
+    ]
+    assert len({base, *others}) == 1 + len(others)
+    assert _key() == base  # deterministic
+
+
+def test_store_lookup_and_damaged_entry(tmp_path: Path) -> None:
+    image = tmp_path / "vmlinux"
+    image.write_bytes(b"\x7fELF" + b"k" * 1000)
+    root = tmp_path / "kernels"
+    key = _key()
+    assert kernel_cache.lookup(key, Architecture.x86_64, root) is None
+    entry = kernel_cache.store(key=key, arch=Architecture.x86_64, image=image, config_text="CONFIG_A=y\n",
+                               release="6.1.7-vz-container", version="6.1.7", source=SOURCE,
+                               toolchain=TOOLCHAIN, root=root)
+    assert entry.dir == root / key and entry.image.read_bytes() == image.read_bytes()
+    assert entry.config_path.read_text() == "CONFIG_A=y\n"
+    meta = json.loads((entry.dir / "kernel.json").read_text())
+    assert meta["release"] == "6.1.7-vz-container" and meta["toolchain"]["binutils"] == "GNU ld 2.40"
+    assert [p.name for p in root.iterdir()] == [key]  # no staging dir left behind
+    hit = kernel_cache.lookup(key, Architecture.x86_64, root)
+    assert hit is not None and hit.release == "6.1.7-vz-container"
+    # A corrupted image is a miss, and storing again repairs the entry.
+    entry.image.write_bytes(b"garbage")
+    assert kernel_cache.lookup(key, Architecture.x86_64, root) is None
+    kernel_cache.store(key=key, arch=Architecture.x86_64, image=image, config_text="CONFIG_A=y\n",
+                       release="6.1.7-vz-container", version="6.1.7", source=SOURCE, toolchain=TOOLCHAIN, root=root)
+    assert kernel_cache.lookup(key, Architecture.x86_64, root) is not None
+
+
+FAKE_MAKEFILE = """\
+# Stands in for the kernel's top Makefile: kbuild-style lines, out of tree in $(O).
+VERSION = 6
+PATCHLEVEL = 1
+SUBLEVEL = 7
+vmlinux:
+\t@for i in $$(seq 1 250); do echo "  CC      obj$$i.o"; done
+\t@echo "  LD      vmlinux"
+\t@if grep -q CONFIG_BREAK=y $(O)/.config; then echo "obj7.c:1: error: planted failure" >&2; exit 2; fi
+\t@mkdir -p $(O)/include/config
+\t@echo 6.1.7-vz-container > $(O)/include/config/kernel.release
+\t@printf '\\177ELF-fake' > $(O)/vmlinux
+"""
+
+
+@pytest.fixture
+def fake_tree(tmp_path: Path) -> KernelSource:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "Makefile").write_text(FAKE_MAKEFILE)
+    return KernelSource(tree=tree, info=SourceInfo("tree", "6.1.7", None, str(tree)))
+
+
+def test_compile_reports_progress_and_keeps_the_log(fake_tree: KernelSource, tmp_path: Path) -> None:
+    seen: list[CompileProgress] = []
+    builddir = tmp_path / "build"
+    result = compile_kernel(fake_tree, "CONFIG_A=y\n", KernelProfile.container, Architecture.x86_64,
+                            builddir=builddir, jobs=2, progress=seen.append)
+    assert result.release == "6.1.7-vz-container"
+    assert result.image == builddir / "vmlinux" and result.image.read_bytes() == b"\x7fELF-fake"
+    assert result.objects == 251 and [p.done for p in seen] == list(range(1, 252))
+    assert seen[-1].line == "LD      vmlinux" and seen[-1].total >= 251
+    log = result.log_path.read_text()
+    assert "-j2" in log.splitlines()[0] and "CC      obj250.o" in log
+    # The next build's estimate is this build's real count.
+    assert (builddir / ".vz-linux-objects").read_text().strip() == "251"
+
+
+def test_compile_failure_shows_the_log_tail(fake_tree: KernelSource, tmp_path: Path) -> None:
+    with pytest.raises(BuildError) as e:
+        compile_kernel(fake_tree, "CONFIG_BREAK=y\n", KernelProfile.container, Architecture.x86_64,
+                       builddir=tmp_path / "build")
+    msg = str(e.value)
+    assert "exit code 2" in msg and str(tmp_path / "build" / "build.log") in msg
+    assert "obj7.c:1: error: planted failure" in msg
+    assert "planted failure" in (tmp_path / "build" / "build.log").read_text()
