@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -115,14 +116,17 @@ class BootTimes:
     hello: AgentHello
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1bc|\r")
+
+
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    """The last ``lines`` lines of a (serial) log; '' if there is none."""
+    """The last ``lines`` lines of a (serial) log, terminal escapes removed; '' if there is none."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
             f.seek(max(0, size - 16384))
-            text = f.read().decode(errors="replace")
+            text = _ANSI.sub("", f.read().decode(errors="replace"))
     except OSError:
         return ""
     return "\n".join(text.splitlines()[-lines:])
@@ -229,6 +233,9 @@ class LinuxVm:
     def _connect_qmp(self, listener: socket.socket) -> None:
         from qemu.qmp.legacy import QEMUMonitorProtocol
 
+        # qemu.qmp logs a dropped connection (QEMU quitting) at ERROR; we handle those ourselves.
+        logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
+
         conn = self._accept(listener, QMP_CONNECT_TIMEOUT, "QMP monitor")
         qmp = QEMUMonitorProtocol(conn)
         qmp.settimeout(QMP_CONNECT_TIMEOUT)
@@ -264,7 +271,7 @@ class LinuxVm:
         err = tail(self.workdir / "qemu.stderr", 5) if self.workdir is not None else ""
         if PANIC_MARKER in log_tail:
             panic = next(line for line in log_tail.splitlines() if PANIC_MARKER in line)
-            message = f"guest kernel panicked: {panic.strip()} ({message})"
+            message = f"guest kernel panicked: {panic[panic.index(PANIC_MARKER):].strip()} ({message})"
         parts = [message]
         if err.strip():
             parts.append(f"QEMU stderr:\n{err}")
@@ -286,8 +293,7 @@ class LinuxVm:
             return self.times.hello
         start = time.monotonic()
         deadline = start + timeout
-        conn = self._accept(self._agent_listener, timeout, "agent channel")
-        client = AgentClient.from_socket(conn, default_timeout=30.0)
+        client = AgentClient.from_socket(self.open_agent_channel(timeout), default_timeout=30.0)
         self._stack.callback(client.close)
         attempt = 0
         while True:
@@ -317,6 +323,15 @@ class LinuxVm:
         self._client = client
         self.times = BootTimes(self.spawned_ns, self.vmm_ready_ns, hello.host_received_ns, hello)
         return hello
+
+    def open_agent_channel(self, timeout: float = 10.0) -> socket.socket:
+        """The raw agent channel (QEMU's connection to our socket), for guests without an agent
+        (the benchmark's floor guest writes one line to it). Owned by the VM: closed on stop()."""
+        if self._agent_listener is None:
+            raise VmError("open_agent_channel() before start()")
+        conn = self._accept(self._agent_listener, timeout, "agent channel")
+        self._stack.callback(conn.close)
+        return conn
 
     @property
     def agent(self) -> AgentClient:
