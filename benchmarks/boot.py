@@ -7,7 +7,7 @@
   floor      the container kernel with a trivial /init that writes one line to the agent port.
 
 Prints named figures with units: p50/p95 boot→ready per guest, the phase split, QEMU's RSS at
-agent-ready, and the two goals (container p50 ≤ 0.5× debian p50; agent overhead = container p50 −
+agent-ready, and the two goals (container p50 ≤ 0.5x debian p50; agent overhead = container p50 -
 floor p50 < 100 ms). ``--cmdline-study`` measures each boot-time cmdline choice (leave-one-out).
 
   .venv/bin/python benchmarks/boot.py --bundle-dir linux/out/container --iterations 10 [--json out.json]
@@ -24,11 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import guests  # noqa: E402 (benchmarks/ is not a package)
+import guests
 
-from vz_linux.agent_build import build_agent  # noqa: E402
-from vz_linux.arch import Architecture  # noqa: E402
-from vz_linux.bench import (  # noqa: E402
+from vz_linux.agent_build import build_agent
+from vz_linux.arch import Architecture
+from vz_linux.bench import (
     BenchGuest,
     BenchOptions,
     BootSample,
@@ -38,10 +38,10 @@ from vz_linux.bench import (  # noqa: E402
     host_info,
     interleave,
 )
-from vz_linux.layout import cache_root, default_bundle_dir  # noqa: E402
-from vz_linux.profiles import KernelProfile  # noqa: E402
-from vz_linux.qemu import FAST_CMDLINE  # noqa: E402
-from vz_linux.vm import LinuxVm, VmConfig  # noqa: E402
+from vz_linux.layout import cache_root, default_bundle_dir
+from vz_linux.profiles import KernelProfile
+from vz_linux.qemu import FAST_CMDLINE
+from vz_linux.vm import LinuxVm, VmConfig
 
 
 def floor_boot(guest: BenchGuest, iteration: int, opts: BenchOptions, log: object) -> BootSample:
