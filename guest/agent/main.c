@@ -12,6 +12,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <termios.h>
 #include <time.h>
 #include <unistd.h>
 #include <linux/vm_sockets.h>
@@ -33,6 +34,7 @@ int64_t g_start_boottime_ns, g_start_monotonic_ns;
 static int g_sigfd = -1, g_unix_fd = -1, g_vsock_fd = -1;
 static const char *g_unix_path;
 static int g_serial_wanted;
+static const char *g_serial_path; /* --listen serial:PATH (tests); default: discovered by name */
 static struct conn *g_serial;
 static int64_t g_serial_next_try;
 static int g_quit, g_stdio_mode;
@@ -241,11 +243,20 @@ static void serial_try_open(void)
     if (!g_serial_wanted || g_serial || now_ms() < g_serial_next_try)
         return;
     g_serial_next_try = now_ms() + SERIAL_RETRY_MS;
-    if (!find_serial_port(path, sizeof path))
+    if (g_serial_path)
+        snprintf(path, sizeof path, "%s", g_serial_path);
+    else if (!find_serial_port(path, sizeof path))
         return;
     fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
     if (fd < 0)
         return;
+    if (isatty(fd)) { /* a pty stands in for the port in tests: no echo, no line editing */
+        struct termios t;
+        if (tcgetattr(fd, &t) == 0) {
+            cfmakeraw(&t);
+            tcsetattr(fd, TCSANOW, &t);
+        }
+    }
     g_serial = conn_new(CONN_SERIAL, fd, fd, "virtio-serial");
     if (!g_serial) {
         close(fd);
@@ -505,6 +516,7 @@ static void usage(void)
     fprintf(stderr,
             "usage: vz-agent                      serve on virtio-serial %s and vsock port %d\n"
             "       vz-agent --listen unix:PATH   serve on a Unix socket (host tests)\n"
+            "       vz-agent --listen serial:PATH serve on a character device as on the port (tests)\n"
             "       vz-agent --stdio              serve one peer on stdin/stdout\n"
             "       vz-agent --probe io_uring     check io_uring_setup works\n"
             "       vz-agent --version\n",
@@ -527,11 +539,15 @@ int main(int argc, char **argv)
         return 2;
     }
     if (argc == 3 && strcmp(argv[1], "--listen") == 0) {
-        if (strncmp(argv[2], "unix:", 5) != 0 || !argv[2][5]) {
-            fprintf(stderr, "vz-agent: --listen takes unix:PATH\n");
+        if (strncmp(argv[2], "unix:", 5) == 0 && argv[2][5]) {
+            g_unix_path = argv[2] + 5;
+        } else if (strncmp(argv[2], "serial:", 7) == 0 && argv[2][7]) {
+            g_serial_path = argv[2] + 7;
+            g_serial_wanted = 1;
+        } else {
+            fprintf(stderr, "vz-agent: --listen takes unix:PATH or serial:PATH\n");
             return 2;
         }
-        g_unix_path = argv[2] + 5;
     } else if (argc == 2 && strcmp(argv[1], "--stdio") == 0) {
         g_stdio_mode = 1;
     } else if (argc == 1) {

@@ -13,7 +13,7 @@ import pytest
 
 from vz_linux.agent_build import build_agent
 from vz_linux.agent_client import AgentClient
-from vz_linux.agent_protocol import HEADER, FrameReader, Frame, Msg, Field, encode_frame
+from vz_linux.agent_protocol import Field, Frame, FrameReader, encode_frame
 from vz_linux.arch import Architecture
 from vz_linux.run import spawn
 
@@ -87,5 +87,5 @@ def expect_closed(sock: socket.socket, *, timeout: float = 10) -> bool:
     return True
 
 
-__all__ = ["HEADER", "AgentServer", "Msg", "agent_binary", "agent_server", "client", "expect_closed",
+__all__ = ["AgentServer", "agent_binary", "agent_server", "client", "expect_closed",
            "raw_request", "read_frames"]

@@ -40,7 +40,7 @@ def test_python_constants_match_header() -> None:
 
 
 def test_mismatched_revision_fails_the_build(tmp_path: Path) -> None:
-    with pytest.raises(CommandFailedError, match="differs from vz_linux.version"):
+    with pytest.raises(CommandFailedError, match=r"differs from vz_linux\.version"):
         run(["make", "-C", agent_source_dir(), "all", f"O={tmp_path}", f"REVISION={AGENT_PROTOCOL_REVISION + 1}"])
     assert not (tmp_path / "vz-agent").exists()
 

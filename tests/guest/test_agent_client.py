@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -14,7 +15,7 @@ from vz_linux.agent_protocol import HEADER_SIZE
 from vz_linux.errors import AgentError, AgentTimeoutError
 from vz_linux.version import AGENT_PROTOCOL_REVISION
 
-from .agent_harness import AgentServer, agent_binary, agent_server  # noqa: F401
+from .agent_harness import AgentServer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,10 +33,8 @@ def _pump(src: socket.socket, dst: socket.socket, drop_first: int = 0) -> None:
         pass
     finally:
         for s in (src, dst):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 @pytest.fixture
@@ -93,7 +92,7 @@ def test_channel_closing_fails_every_waiter() -> None:
         t.join(timeout=30)
     assert len(errors) == 3 and all(type(e) is AgentError for e in errors)
     assert c.broken
-    with pytest.raises(AgentError, match="closed|reset"):
+    with pytest.raises(AgentError, match=r"closed|reset"):
         c.ping()
     c.close()
 

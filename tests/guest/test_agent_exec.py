@@ -17,7 +17,7 @@ from vz_linux.errors import AgentError
 from vz_linux.profiles import KernelCapability
 from vz_linux.version import AGENT_PROTOCOL_REVISION, AGENT_VERSION
 
-from .agent_harness import AgentServer, agent_binary, agent_server, client  # noqa: F401
+from .agent_harness import AgentServer
 
 pytestmark = pytest.mark.timeout(120)
 
