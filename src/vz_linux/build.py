@@ -140,7 +140,8 @@ def build_kernel(options: BuildOptions, *, pin: KernelPin | None = None
                                         release=result.release, version=source.info.version,
                                         source=source.info, toolchain=toolchain,
                                         extra={"profile": options.profile.value,
-                                               "compile_seconds": round(seconds, 1)})
+                                               "compile_seconds": round(seconds, 1),
+                                               "objects": result.objects})
         except OSError as e:
             raise BuildError(f"cannot store the kernel in the cache {kernel_cache.kernels_root()}: {e}") from e
     else:
