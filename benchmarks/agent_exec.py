@@ -16,6 +16,7 @@ Prints one named figure per line with its unit.
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
 import platform
 import statistics
@@ -60,7 +61,9 @@ def main() -> int:
           f"python {platform.python_version()}")
     for arch in Architecture:
         binary = build_agent(arch)
-        print(f"agent_size_{arch.value}: {binary.stat().st_size} bytes ({binary.stat().st_size / 1024:.0f} KiB)")
+        size = binary.stat().st_size
+        packed = len(gzip.compress(binary.read_bytes(), compresslevel=9))
+        print(f"agent_size_{arch.value}: {size} bytes ({size / 1024:.0f} KiB), gzip -9 {packed / 1024:.0f} KiB")
     host = build_agent(Architecture.host())
     with tempfile.TemporaryDirectory(prefix="vz-agent-bench-") as tmp:
         sock = Path(tmp) / "agent.sock"

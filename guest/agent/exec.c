@@ -261,7 +261,8 @@ static void finish(struct exec *e)
         else
             put_u64(&frame, VZ_T_EXIT_CODE, (uint64_t)WEXITSTATUS(e->status));
         put_u64(&frame, VZ_T_TIMED_OUT, (uint64_t)e->timed_out);
-        put_u64(&frame, VZ_T_PID, (uint64_t)e->pid);
+        if (e->pid > 0)
+            put_u64(&frame, VZ_T_PID, (uint64_t)e->pid);
         if (e->exec_errno)
             put_str(&frame, VZ_T_MESSAGE, e->message);
         if (e->probe) {

@@ -83,7 +83,8 @@ static void do_exec(struct conn *c, const struct vz_frame *f, const struct vz_ex
     }
     if (!probe) {
         size_t s = reply_begin(VZ_MSG_STARTED, f->id);
-        put_u64(&g_frame, VZ_T_PID, (uint64_t)e->pid);
+        if (e->pid > 0) /* absent when the program could not be started (EXIT follows at once) */
+            put_u64(&g_frame, VZ_T_PID, (uint64_t)e->pid);
         reply_end(c, s);
     }
     exec_queue_stdin(e, r->stdin_data, r->stdin_len, r->stdin_eof);
@@ -101,7 +102,7 @@ static void do_probe(struct conn *c, const struct vz_frame *f, const struct vz_s
     x.argv[1] = (char *)"-c";
     x.argv[2] = r->snippet;
     x.argc = 3;
-    x.timeout_ms = r->has_mode ? r->mode : PROBE_TIMEOUT_MS; /* MODE = timeout in ms for probes */
+    x.timeout_ms = r->has_timeout_ms && r->timeout_ms ? r->timeout_ms : PROBE_TIMEOUT_MS;
     x.stdin_eof = 1;
     do_exec(c, f, &x, 1);
 }

@@ -175,6 +175,7 @@ int vz_parse_simple(const struct vz_frame *f, struct vz_arena *a, struct vz_simp
         case VZ_T_MODE: num = &r->mode; has = &r->has_mode; break;
         case VZ_T_ACTION: num = &r->action; has = &r->has_action; break;
         case VZ_T_MAX_SIZE: num = &r->max_size; has = &r->has_max_size; break;
+        case VZ_T_TIMEOUT_MS: num = &r->timeout_ms; has = &r->has_timeout_ms; break;
         default: break;
         }
         if (dst && !(*dst = arena_str(a, &t))) { *why = "string field contains NUL"; return -1; }

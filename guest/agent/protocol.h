@@ -122,8 +122,8 @@ struct vz_simple_req {        /* every other request: the fields it may carry */
     const uint8_t *data;
     uint32_t data_len;
     int has_data, eof;
-    uint64_t exec_id, signal, mode, action, max_size;
-    int has_exec_id, has_signal, has_mode, has_action, has_max_size;
+    uint64_t exec_id, signal, mode, action, max_size, timeout_ms;
+    int has_exec_id, has_signal, has_mode, has_action, has_max_size, has_timeout_ms;
 };
 
 /* 0 on success; -1 on malformed payload with a static reason in *why. */

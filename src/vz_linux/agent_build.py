@@ -80,6 +80,7 @@ def _build_cached(key_dir: Path, binary: str, target: str, arch: Architecture) -
         _make(target, arch, tmp)
         if not (tmp / binary).is_file():
             raise BuildError(f"make {target} did not produce {binary}")
+        tmp.chmod(0o755)  # mkdtemp makes it 0700
         try:
             tmp.rename(key_dir)
         except OSError:

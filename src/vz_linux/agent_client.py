@@ -43,6 +43,7 @@ DEFAULT_TIMEOUT = 10.0
 # After the agent's own exec timeout fires, how long we still wait for its EXIT report.
 EXEC_TIMEOUT_GRACE = 10.0
 _STDIN_CHUNK = 256 * 1024
+STDIN_LIMIT = 8 << 20  # the agent's per-exec stdin queue (docs/PROTOCOL.md)
 
 
 @dataclass(frozen=True)
@@ -341,6 +342,10 @@ class AgentClient:
         if timeout is not None:
             fields.append((Tag.TIMEOUT_MS, max(1, int(timeout * 1000))))
         data = stdin or b""
+        if len(data) > STDIN_LIMIT:
+            # The agent queues stdin without flow control; beyond its limit data would be dropped.
+            raise AgentError(f"exec {argv[0]}: {len(data)} bytes of stdin is over the agent's "
+                             f"{STDIN_LIMIT >> 20} MiB stdin limit")
         first, rest = data[:_STDIN_CHUNK], data[_STDIN_CHUNK:]
         if first:
             fields.append((Tag.DATA, first))
@@ -388,7 +393,7 @@ class AgentClient:
     def probe(self, capability: str, snippet: str, *, timeout: float = 20.0) -> ProbeResult:
         """Run a capability's probe snippet with ``/bin/sh -c`` in the guest."""
         f = self._request(Msg.PROBE, [(Tag.NAME, capability), (Tag.SNIPPET, snippet),
-                                      (Tag.MODE, max(1, int(timeout * 1000)))],
+                                      (Tag.TIMEOUT_MS, max(1, int(timeout * 1000)))],
                           f"probe {capability}", timeout + EXEC_TIMEOUT_GRACE)
         return ProbeResult(
             capability=capability,

@@ -233,3 +233,9 @@ def test_many_clients_and_reconnect(agent_server: AgentServer) -> None:
     for c in clients[1:]:
         assert c.exec_collect(["true"]).exit_code == 0
         c.close()
+
+
+def test_stdin_over_the_agent_limit_is_refused_up_front(client: AgentClient) -> None:
+    with pytest.raises(AgentError, match="stdin limit"):
+        client.exec_collect(["cat"], stdin=b"x" * (9 << 20))
+    assert client.ping() == b""
