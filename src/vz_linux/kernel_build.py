@@ -89,8 +89,8 @@ def make_target(arch: Architecture) -> str:
 
 # First-build estimates of kbuild's object lines (replaced by the real count after one build).
 _ESTIMATED_OBJECTS = {KernelProfile.container: 1900, KernelProfile.developer: 3800}
-# kbuild's quiet output: "  CC      kernel/fork.o", "  AR      lib/lib.a", "  LD      vmlinux".
-_OBJECT_LINE = re.compile(r"^\s+(CC|AS|AR|LD|CPP|HOSTCC|HOSTLD|GEN|OBJCOPY|LDS|CC \[M\])\s+\S")
+# kbuild's quiet output, one line per step: "  CC      kernel/fork.o", "  AR      lib/lib.a", "  LD      vmlinux".
+_OBJECT_LINE = re.compile(r"^  [A-Z][A-Z0-9]+(?: \[M\])? +\S")
 
 
 @dataclass(frozen=True)
