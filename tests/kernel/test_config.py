@@ -3,6 +3,7 @@ fragment line checked (seconds, no compile)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,14 @@ def test_config_cli_json_and_exit_code(tmp_path: Path) -> None:
     assert data["counts"]["y"] > 100 and data["counts"]["m"] == 0
     assert "container_sandbox" in data["capabilities"]
     assert all(c["ok"] for c in data["checks"]) and len(data["checks"]) > 100
+
+
+def test_makefile_summary_target_runs_the_cli() -> None:
+    top = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS")}
+    proc = subprocess.run(["make", "-s", "-C", str(top / "linux"), "kernel-config-summary",
+                           "KERNEL_PROFILE=container", "ARCH=arm64"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "container/arm64: Linux 6.1." in proc.stdout
+    assert " 0 failed" in proc.stdout and "container_sandbox" in proc.stdout
