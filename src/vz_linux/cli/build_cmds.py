@@ -156,9 +156,9 @@ def _print_report(report: ConfigReport, verbose: bool) -> None:
 @click.option("--arch", type=_ARCHES, default=None, help="Guest arch (default: the host's).")
 @click.option("--all-arches", is_flag=True, help="Resolve for every arch.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--all-lines", is_flag=True, help="Show every check result, not only failures.")
+@click.option("--failures-only", "-q", is_flag=True, help="Show only the fragment lines that did not hold.")
 @_source_options
-def config_cmd(profile: str | None, arch: str | None, all_arches: bool, as_json: bool, all_lines: bool,
+def config_cmd(profile: str | None, arch: str | None, all_arches: bool, as_json: bool, failures_only: bool,
                kernel_source: str | None, kernel_source_sha256: str | None, allow_http: bool) -> None:
     """Resolve and check a profile's kernel config without compiling."""
     profiles = [KernelProfile.parse(profile)] if profile else list(KernelProfile)
@@ -170,6 +170,6 @@ def config_cmd(profile: str | None, arch: str | None, all_arches: bool, as_json:
         click.echo(json.dumps(data[0] if len(data) == 1 else data, indent=2))
     else:
         for r in reports:
-            _print_report(r, all_lines)
+            _print_report(r, not failures_only)
     for r in reports:
         r.raise_for_problems()
