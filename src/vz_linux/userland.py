@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import layout
+from .agent_build import build_agent
 from .arch import Architecture
 from .busybox import get_busybox
 from .cpio import source_date_epoch
@@ -37,11 +38,6 @@ from .version import AGENT_PROTOCOL_REVISION, AGENT_VERSION, METADATA_SCHEMA_VER
 
 if TYPE_CHECKING:
     from .kernel_build import KernelInfo
-
-
-def agent_build_dir(arch: Architecture) -> Path:
-    """Persistent so the agent's Makefile rebuilds only what changed."""
-    return layout.cache_root() / "agent" / arch.value
 
 
 def build_time() -> str:
@@ -70,15 +66,11 @@ def assemble_bundle(
     kernel: KernelInfo,
 ) -> BundleMetadata:
     """Build the userland for ``arch`` and write the complete bundle to ``out_dir`` atomically."""
-    from .agent_build import build_agent  # the agent engineer's module (issue 4 part 1)
-
     if not kernel_image.is_file():
         raise BuildError(f"kernel image {kernel_image} does not exist")
     busybox = get_busybox(arch)
     crun = ensure_crun(arch)
-    agent_dir = agent_build_dir(arch)
-    agent_dir.mkdir(parents=True, exist_ok=True)
-    agent = build_agent(arch, agent_dir)
+    agent = build_agent(arch)  # cached by its inputs
 
     out_dir = Path(os.path.abspath(out_dir))
     out_dir.parent.mkdir(parents=True, exist_ok=True)

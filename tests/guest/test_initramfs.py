@@ -1,0 +1,150 @@
+"""The initramfs: reproducible bytes, what it contains, that its userland runs."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import subprocess
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from vz_linux.arch import Architecture
+from vz_linux.busybox import APPLETS, Busybox
+from vz_linux.cpio import DEFAULT_EPOCH, Archive, Entry, EntryKind
+from vz_linux.errors import BuildError
+from vz_linux.initramfs import InitramfsInputs, write_initramfs
+
+from .userland_fixtures import ARCHES, cpio_listing, extract
+
+MAX_COMPRESSED = 1_500_000
+
+
+def test_two_builds_are_byte_identical(host_inputs: InitramfsInputs, tmp_path: Path) -> None:
+    # Second build from copies in another place, with other mtimes: only content may matter.
+    copies = tmp_path / "copies"
+    shutil.copytree(host_inputs.source_dir, copies / "src")
+    shutil.copyfile(host_inputs.busybox, copies / "busybox")
+    shutil.copyfile(host_inputs.agent, copies / "agent")
+    os.utime(copies / "busybox", (1, 1))
+    other = InitramfsInputs(busybox=copies / "busybox", agent=copies / "agent", source_dir=copies / "src")
+    a = write_initramfs(host_inputs, tmp_path / "a.img").read_bytes()
+    b = write_initramfs(other, tmp_path / "b.img").read_bytes()
+    assert a == b
+    assert a[:2] == b"\x1f\x8b" and a[4:8] == b"\0\0\0\0"  # gzip, header mtime 0
+
+
+def test_changed_input_changes_bytes(host_inputs: InitramfsInputs, tmp_path: Path) -> None:
+    base = write_initramfs(host_inputs, tmp_path / "base.img").read_bytes()
+    src = tmp_path / "src"
+    shutil.copytree(host_inputs.source_dir, src)
+    with open(src / "init", "a") as f:
+        f.write("# changed\n")
+    changed = write_initramfs(replace(host_inputs, source_dir=src), tmp_path / "changed.img").read_bytes()
+    assert changed != base
+    later = write_initramfs(host_inputs, tmp_path / "later.img", mtime=DEFAULT_EPOCH + 1).read_bytes()
+    assert later != base
+
+
+def test_source_date_epoch_sets_every_mtime(host_inputs: InitramfsInputs, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1600000000")
+    image = write_initramfs(host_inputs, tmp_path / "i.img")
+    tree = extract(image, tmp_path / "x")
+    mtimes = {p.lstat().st_mtime for p in [tree / "init", tree / "bin" / "busybox", tree / "sbin" / "vz-agent"]}
+    assert mtimes == {1600000000}
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
+    with pytest.raises(BuildError, match="SOURCE_DATE_EPOCH"):
+        write_initramfs(host_inputs, tmp_path / "bad.img")
+    assert not (tmp_path / "bad.img").exists()
+
+
+def test_cpio_lists_what_init_needs(host_inputs: InitramfsInputs, tmp_path: Path) -> None:
+    image = write_initramfs(host_inputs, tmp_path / "i.img")
+    names = set(cpio_listing(image).split())
+    needed = {"init", "bin/busybox", "sbin/vz-agent", "etc/resolv.conf", "etc/udhcpc.script",
+              "dev/console", "dev/null", "proc", "sys", "tmp", "run", "mnt/lower", "mnt/root"}
+    needed |= {f"bin/{a}" for a in ("sh", "mount", "umount", "ip", "udhcpc", "wget", "dmesg", "tail",
+                                     "head", "chroot", "unshare", "nsenter", "mkdir", "cat", "ls", "sleep",
+                                     "grep", "switch_root", "poweroff", "reboot", "sed", "cp", "rm")}
+    assert needed <= names, sorted(needed - names)
+    verbose = {line.split()[-1]: line for line in cpio_listing(image, verbose=True).splitlines()
+               if "->" not in line}
+    # Owned by root, the console a char device 5,1.
+    assert verbose["dev/console"].startswith("crw-------") and "5,   1" in verbose["dev/console"]
+    assert all(line.split()[2:4] == ["0", "0"] for line in verbose.values())
+    assert verbose["init"].startswith("-rwxr-xr-x")
+
+
+def test_entries_are_sorted_parents_first(host_inputs: InitramfsInputs, tmp_path: Path) -> None:
+    names = cpio_listing(write_initramfs(host_inputs, tmp_path / "i.img")).split()
+    assert names == sorted(names, key=lambda n: n.split("/"))
+    seen: set[str] = set()
+    for n in names:
+        parent = n.rpartition("/")[0]
+        assert not parent or parent in seen, f"{n} before its directory"
+        seen.add(n)
+
+
+def test_extracted_userland_runs(host_inputs: InitramfsInputs, tmp_path: Path) -> None:
+    tree = extract(write_initramfs(host_inputs, tmp_path / "i.img"), tmp_path / "root")
+    assert (tree / "sbin" / "vz-agent").read_bytes() == host_inputs.agent.read_bytes()
+    assert os.readlink(tree / "bin" / "sh") == "busybox"
+    out = subprocess.run(["chroot", str(tree), "/bin/sh", "-c", "echo $(uname -s) && ls /etc"],
+                         capture_output=True, check=True, timeout=60).stdout.decode().split()
+    assert out[0] == "Linux"
+    assert {"resolv.conf", "udhcpc.script", "passwd"} <= set(out)
+    version = subprocess.run(["chroot", str(tree), "/sbin/vz-agent", "--version"], capture_output=True,
+                             timeout=60)
+    assert version.returncode == 0
+
+
+def test_applets_exist_in_busybox(busyboxes: dict[Architecture, Busybox]) -> None:
+    host = busyboxes[Architecture.host()]
+    listed = set(subprocess.run([str(host.path), "--list"], capture_output=True, check=True).stdout.decode().split())
+    assert set(APPLETS) - listed == set()
+
+
+@pytest.mark.parametrize("arch", ARCHES, ids=str)
+def test_compressed_size_per_arch(arch: Architecture, busyboxes: dict[Architecture, Busybox],
+                                  agents: dict[Architecture, Path], tmp_path: Path) -> None:
+    inputs = InitramfsInputs.default(busybox=busyboxes[arch].path, agent=agents[arch])
+    image = write_initramfs(inputs, tmp_path / "i.img")
+    assert image.stat().st_size < MAX_COMPRESSED
+    # The arch's own binaries went in, not the host's.
+    tree = extract(image, tmp_path / "x")
+    desc = subprocess.run(["file", "-b", str(tree / "bin" / "busybox")], capture_output=True,
+                          check=True).stdout.decode()
+    assert ("aarch64" in desc) == (arch is Architecture.arm64) and "statically linked" in desc
+
+
+def test_archive_rejects_bad_entries() -> None:
+    ar = Archive()
+    ar.add_dir("etc")
+    with pytest.raises(BuildError, match="added twice"):
+        ar.add_dir("etc")
+    for bad in ("/etc/x", "etc/../x", "", "etc//x"):
+        with pytest.raises(BuildError, match="bad initramfs path"):
+            Entry(bad, EntryKind.FILE, 0o644)
+    ar.add_file("usr/bin/x", b"x")
+    with pytest.raises(BuildError, match="lacks parent directories: usr, usr/bin"):
+        ar.to_cpio()
+
+
+def test_newc_format_matches_cpio_reading(tmp_path: Path) -> None:
+    # Odd lengths exercise the 4-byte padding of names and data.
+    ar = Archive()
+    ar.add_dir("d")
+    ar.add_file("d/odd", b"abcde", 0o640)
+    ar.add_symlink("d/link", "odd")
+    ar.add_file("e", b"")
+    img = tmp_path / "t.img"
+    img.write_bytes(ar.to_gzip(mtime=5))
+    tree = extract(img, tmp_path / "x")
+    assert (tree / "d" / "odd").read_bytes() == b"abcde"
+    assert (tree / "d" / "odd").stat().st_mode & 0o777 == 0o640
+    assert os.readlink(tree / "d" / "link") == "odd"
+    assert (tree / "e").read_bytes() == b""
+    assert len(gzip.decompress(img.read_bytes())) % 512 == 0

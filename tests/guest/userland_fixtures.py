@@ -1,0 +1,53 @@
+"""Fixtures for the userland tests (initramfs, BusyBox, crun, bundle assembly): all real parts."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from vz_linux.agent_build import build_agent
+from vz_linux.arch import Architecture
+from vz_linux.busybox import Busybox, get_busybox
+from vz_linux.initramfs import InitramfsInputs
+from vz_linux.oci_runtime import OciRuntime, ensure_crun
+
+ARCHES = (Architecture.x86_64, Architecture.arm64)
+
+
+@pytest.fixture(scope="session")
+def busyboxes() -> dict[Architecture, Busybox]:
+    return {a: get_busybox(a) for a in ARCHES}
+
+
+@pytest.fixture(scope="session")
+def agents() -> dict[Architecture, Path]:
+    return {a: build_agent(a) for a in ARCHES}
+
+
+@pytest.fixture(scope="session")
+def cruns() -> dict[Architecture, OciRuntime]:
+    # Cached per machine: minutes on the first run, instant afterwards.
+    return {a: ensure_crun(a) for a in ARCHES}
+
+
+@pytest.fixture(scope="session")
+def host_inputs(busyboxes: dict[Architecture, Busybox], agents: dict[Architecture, Path]) -> InitramfsInputs:
+    host = Architecture.host()
+    return InitramfsInputs.default(busybox=busyboxes[host].path, agent=agents[host])
+
+
+def cpio_listing(image: Path, verbose: bool = False) -> str:
+    """What Debian's cpio lists for a gzip'd initramfs."""
+    data = gzip.decompress(image.read_bytes())
+    args = ["cpio", "-t", "--quiet"] + (["-v", "--numeric-uid-gid"] if verbose else [])
+    return subprocess.run(args, input=data, capture_output=True, check=True).stdout.decode()
+
+
+def extract(image: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cpio", "-idm", "--quiet"], input=gzip.decompress(image.read_bytes()), cwd=dest,
+                   check=True)
+    return dest
