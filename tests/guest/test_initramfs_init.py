@@ -120,7 +120,7 @@ def agent_children(init_pid: int, tree: Path) -> list[int]:
 
 
 def test_init_mounts_and_starts_agent_as_child(init_ns: tuple[subprocess.Popen[bytes], int, Path]) -> None:
-    proc, init_pid, tree = init_ns
+    _proc, init_pid, tree = init_ns
     wait_for(lambda: bool(agent_children(init_pid, tree)), "the agent to start")
     mounts = {(line.split()[4], line.split(" - ")[1].split()[0])
               for line in Path(f"/proc/{init_pid}/mountinfo").read_text().splitlines()}
@@ -135,7 +135,7 @@ def test_init_mounts_and_starts_agent_as_child(init_ns: tuple[subprocess.Popen[b
 
 
 def test_init_reaps_orphans(init_ns: tuple[subprocess.Popen[bytes], int, Path]) -> None:
-    proc, init_pid, tree = init_ns
+    _proc, init_pid, tree = init_ns
     wait_for(lambda: bool(agent_children(init_pid, tree)), "the agent to start")
     subprocess.run(["nsenter", "-t", str(init_pid), "-p", "-m", "-r", "-w", "--",
                     "/bin/sh", "-c", "/bin/sleep 0.3 & /bin/sleep 0.3 & exit 0"], check=True, timeout=60)
