@@ -3,4 +3,4 @@
 from .agent_harness import agent_binary, agent_server, client
 from .userland_fixtures import agents, busyboxes, cruns, host_inputs
 
-__all__ = ["agent_binary", "agent_server", "client", "agents", "busyboxes", "cruns", "host_inputs"]
+__all__ = ["agent_binary", "agent_server", "agents", "busyboxes", "client", "cruns", "host_inputs"]
