@@ -7,7 +7,8 @@ Builds (or takes from the cache) the static agent for x86_64 and arm64, starts t
 ``--listen unix:``, and times, in one run on the same machine and load:
 
 * ping_rtt       — a PING round trip (protocol + client floor);
-* exec_true_rtt  — ``exec_collect(["true"])``: EXEC → STARTED → EXIT (fork + exec + reap);
+* exec_true_rtt  — ``exec_collect(["true"])``: EXEC → STARTED → EXIT (spawn + exec + reap);
+* exec_true_rtt_raw — the same on a bare blocking socket without the client's reader thread;
 * host_spawn_true — ``subprocess.run(["true"])`` from Python, the same work without the agent, for scale.
 
 Prints one named figure per line with its unit.
@@ -19,6 +20,7 @@ import argparse
 import gzip
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -29,6 +31,7 @@ from pathlib import Path
 
 from vz_linux.agent_build import build_agent
 from vz_linux.agent_client import AgentClient
+from vz_linux.agent_protocol import FrameReader, Msg, Tag, encode_frame
 from vz_linux.arch import Architecture
 from vz_linux.run import spawn
 
@@ -51,6 +54,24 @@ def _exec_true(client: AgentClient) -> None:
     r = client.exec_collect(["true"])
     if r.exit_code != 0:
         raise SystemExit(f"true failed: {r.describe()}")
+
+
+def _raw_exec(path: Path) -> Callable[[], None]:
+    """EXEC `true` on a plain blocking socket, no client thread: the agent's own share of the RTT."""
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    raw.connect(str(path))
+    reader = FrameReader()
+    ids = iter(range(1, 1 << 32))
+
+    def once() -> None:
+        rid = next(ids)
+        raw.sendall(encode_frame(Msg.EXEC, rid, [(Tag.ARGV, "true"), (Tag.EOF, True)]))
+        while True:
+            for f in reader.feed(raw.recv(65536)):
+                if f.msg == Msg.EXIT and f.request_id == rid:
+                    return
+
+    return once
 
 
 def main() -> int:
@@ -78,6 +99,7 @@ def main() -> int:
                     _exec_true(client)
                 _report("ping_rtt", _time(client.ping, args.iterations))
                 _report("exec_true_rtt", _time(lambda: _exec_true(client), args.iterations))
+                _report("exec_true_rtt_raw", _time(_raw_exec(sock), args.iterations))
                 _report("host_spawn_true", _time(lambda: subprocess.run(["true"], check=True),
                                                  max(100, args.iterations // 5)))
     return 0

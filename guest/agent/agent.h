@@ -43,7 +43,7 @@ struct exec {
     uint32_t id;
     int probe;
     pid_t pid;
-    int in_fd, out_fd, err_fd, errpipe;
+    int in_fd, out_fd, err_fd;
     struct buf stdin_q;
     int stdin_eof;
     int reaped, status, timed_out, exec_errno;
@@ -72,6 +72,8 @@ void exec_queue_stdin(struct exec *e, const uint8_t *p, size_t n, int eof);
 void exec_reap_all(void);
 void exec_detach_conn(struct conn *c);
 void exec_tick(void);
+void exec_write_stdin(struct exec *e);
+void exec_read_pipe(struct exec *e, int stream);
 int exec_count(const struct conn *c);
 
 /* ops.c */

@@ -139,7 +139,6 @@ struct exec *exec_start(struct conn *c, uint32_t id, const struct vz_exec_req *r
     e->in_fd = in[1];
     e->out_fd = out[0];
     e->err_fd = errp[0];
-    e->errpipe = -1;
     if (spawn_errno) {
         /* Like a shell: the command "ran" and exited 127 (126 for other errors) with the reason on
          * its stderr, so hosts need no special case. */
@@ -181,7 +180,6 @@ void exec_queue_stdin(struct exec *e, const uint8_t *p, size_t n, int eof)
 }
 
 /* Called by the loop when the child's stdin pipe is writable. */
-void exec_write_stdin(struct exec *e);
 void exec_write_stdin(struct exec *e)
 {
     while (e->in_fd >= 0 && buf_size(&e->stdin_q) > 0) {
@@ -202,7 +200,6 @@ void exec_write_stdin(struct exec *e)
 }
 
 /* Read one chunk from a child's pipe (one per loop pass keeps floods fair). */
-void exec_read_pipe(struct exec *e, int stream);
 void exec_read_pipe(struct exec *e, int stream)
 {
     static uint8_t chunk[CHUNK];
@@ -278,7 +275,6 @@ static void finish(struct exec *e)
     close_fd(&e->in_fd);
     close_fd(&e->out_fd);
     close_fd(&e->err_fd);
-    close_fd(&e->errpipe);
     buf_free(&e->stdin_q);
     buf_free(&e->evidence);
     e->used = 0;

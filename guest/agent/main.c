@@ -355,9 +355,6 @@ static void on_signals(void)
     }
 }
 
-void exec_write_stdin(struct exec *e);
-void exec_read_pipe(struct exec *e, int stream);
-
 enum { P_SIG, P_UNIX, P_VSOCK, P_CONN_IN, P_CONN_OUT, P_STDIN, P_OUT, P_ERR };
 struct slot {
     int kind;
