@@ -88,7 +88,18 @@ def _build_cached(key_dir: Path, binary: str, target: str, arch: Architecture) -
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _prune(key_dir)
     return result
+
+
+def _prune(keep: Path, *, generations: int = 3) -> None:
+    """Drop all but the newest few builds of the same kind (each source change makes a new key)."""
+    kind = keep.name.rsplit("-", 1)[0]
+    builds = sorted((p for p in keep.parent.glob(f"{kind}-*") if p.is_dir() and p.name.rsplit("-", 1)[0] == kind),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in builds[generations:]:
+        if old != keep:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _install_copy(built: Path, out_dir: Path) -> Path:
