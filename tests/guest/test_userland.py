@@ -97,9 +97,9 @@ def test_rebuild_replaces_bundle_and_failure_keeps_old(image: Path, tmp_path: Pa
     with pytest.raises(BuildError, match="does not exist"):
         assemble_bundle(out_dir=out, profile=profile, arch=arch, kernel_image=tmp_path / "missing",
                         kernel=kernel_info(profile, arch, image))
-    # A failure after staging began (the kernel image is a directory): old bundle intact, no leftovers.
+    # A failure after staging began (a kernel image that cannot be read): old bundle intact, no leftovers.
     with pytest.raises(BuildError, match="cannot copy"):
-        assemble_bundle(out_dir=out, profile=profile, arch=arch, kernel_image=tmp_path,
+        assemble_bundle(out_dir=out, profile=profile, arch=arch, kernel_image=Path("/proc/self/mem"),
                         kernel=kernel_info(profile, arch, image))
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []
