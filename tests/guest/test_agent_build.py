@@ -79,7 +79,7 @@ def test_fuzzer_bounded_run_finds_no_crash(tmp_path: Path) -> None:
     work = tmp_path / "corpus"
     shutil.copytree(seeds, work)  # new inputs go to the copy, never into the repo
     proc = subprocess.run(
-        [str(fuzzer), "-max_total_time=30", "-rss_limit_mb=1024", "-timeout=10", "-print_final_stats=1",
+        [str(fuzzer), "-max_total_time=30", "-rss_limit_mb=2048", "-timeout=10", "-print_final_stats=1",
          f"-artifact_prefix={tmp_path}/", str(work)],
         capture_output=True, text=True, timeout=300,
     )
