@@ -23,7 +23,7 @@ from .busybox import get_busybox
 from .cpio import source_date_epoch
 from .errors import BuildError
 from .initramfs import InitramfsInputs, write_initramfs
-from .install import _swap_in
+from .install import swap_in
 from .metadata import (
     BundleMetadata,
     FileInfo,
@@ -108,7 +108,7 @@ def assemble_bundle(
         metadata.write(stage / layout.METADATA)
         fsync_dir(stage)
         os.chmod(stage, 0o755)
-        _swap_in(stage, out_dir)  # afterwards `stage` holds the previous bundle, if there was one
+        swap_in(stage, out_dir)  # afterwards `stage` holds the previous bundle, if there was one
         fsync_dir(out_dir.parent)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
