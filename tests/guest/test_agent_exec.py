@@ -239,3 +239,31 @@ def test_stdin_over_the_agent_limit_is_refused_up_front(client: AgentClient) -> 
     with pytest.raises(AgentError, match="stdin limit"):
         client.exec_collect(["cat"], stdin=b"x" * (9 << 20))
     assert client.ping() == b""
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(fields[1]) == pid:
+            out.append((int(stat.parent.name), fields[0]))
+    return out
+
+
+def test_children_and_orphans_are_reaped(client: AgentClient, agent_server: AgentServer) -> None:
+    for _ in range(30):
+        assert client.exec_collect(["true"]).exit_code == 0
+    # A background grandchild outlives its shell, is re-parented to the agent (child subreaper)
+    # and must be reaped by it when it exits, not left as a zombie.
+    r = client.exec_collect(["sh", "-c", "sleep 1 </dev/null >/dev/null 2>&1 & echo $!"])
+    orphan = int(r.stdout)
+    adopted = dict(_children(agent_server.proc.pid))
+    assert orphan in adopted and adopted[orphan] != "Z"  # adopted by the agent, still running
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (_children(agent_server.proc.pid) or not _dead(orphan)):
+        time.sleep(0.05)
+    assert _children(agent_server.proc.pid) == []
+    assert not Path(f"/proc/{orphan}").exists()
