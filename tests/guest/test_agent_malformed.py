@@ -6,6 +6,7 @@ import contextlib
 import os
 import socket
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,48 @@ def test_cli_usage_errors(agent_binary: Path) -> None:
     for argv in (["--bogus"], ["--listen", "tcp:1"], ["--probe", "nothing"]):
         r = subprocess.run([str(agent_binary), *argv], capture_output=True, text=True, timeout=10)
         assert r.returncode == 2 and r.stderr.strip()
+
+
+def test_no_fd_or_memory_leak_across_connections(agent_server: AgentServer) -> None:
+    pid = agent_server.proc.pid
+
+    def fds() -> int:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+
+    def rss_kib() -> int:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def cycle() -> None:
+        with agent_server.client() as c:
+            c.exec_collect(["true"])
+            c.exec_collect(["/no/such/program"])
+            c.ping(os.urandom(256 * 1024))
+        with agent_server.raw() as s:
+            s.sendall(b"garbage!" * 10)
+            expect_closed(s)
+        with agent_server.raw() as s:
+            s.sendall(encode_frame(Msg.EXEC, 1, [(Tag.ARGV, "sleep"), (Tag.ARGV, "100")]))
+            read_frames(s, 1)  # STARTED; then the connection drops with the exec running
+
+    def settled_fds() -> int:
+        # Killed execs of dropped connections finish asynchronously: wait for the count to settle.
+        last, deadline = fds(), time.monotonic() + 15
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            now = fds()
+            if now == last:
+                return now
+            last = now
+        return last
+
+    for _ in range(5):  # warm up: buffers reach their working size
+        cycle()
+    before_fds, before_rss = settled_fds(), rss_kib()
+    for _ in range(40):
+        cycle()
+    _still_serves(agent_server)
+    assert settled_fds() == before_fds
+    assert rss_kib() - before_rss < 4096  # 40 cycles of 256 KiB pings would leak >10 MiB
