@@ -96,3 +96,20 @@ def test_cache_hit_runs_no_kernel_make(built_kernel: Callable[..., object], tmp_
     with pytest.raises(BuildError, match="exit code 97"):
         build_bundle(BuildOptions(profile=KernelProfile.container, arch=Architecture.x86_64,
                                   out_dir=tmp_path / "out2", kernel_only=True, rebuild_kernel=True))
+
+
+def test_cli_build_hits_the_cache(built_kernel: Callable[..., object], tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    built_kernel(KernelProfile.container, Architecture.x86_64)
+    vz_linux = Path(sys.executable).parent / "vz-linux"
+    out = tmp_path / "bundle"
+    proc = subprocess.run([str(vz_linux), "build", "--profile", "container", "--arch", "x86_64",
+                           "--kernel-only", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "from cache" in proc.stdout and "userland NOT assembled" in proc.stdout
+    assert elf_notes(out / "vmlinux")
+    bad = subprocess.run([str(vz_linux), "build", "--profile", "bogus"], capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "bogus" in bad.stderr
