@@ -245,7 +245,7 @@ class LinuxVm:
             qmp.close()
             raise self._boot_error(f"QEMU's QMP monitor did not answer: {e}") from e
         self._qmp = qmp
-        self._stack.callback(qmp.close)
+        self._stack.callback(_close_quietly, qmp)
 
     def _accept(self, listener: socket.socket, timeout: float, what: str) -> socket.socket:
         deadline = time.monotonic() + timeout
@@ -377,6 +377,10 @@ class LinuxVm:
                     qmp.cmd("quit")
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout)
+            if qmp is not None:
+                # Disconnect now, so the reader task's EOF (QEMU quit) is collected, not logged at exit.
+                with contextlib.suppress(Exception):
+                    qmp.close()
             if proc is not None:
                 terminate(proc, timeout=timeout)
         finally:
@@ -386,6 +390,11 @@ class LinuxVm:
 
     def __repr__(self) -> str:
         return f"LinuxVm({self.config.kernel}, pid={self.pid})"
+
+
+def _close_quietly(qmp: Any) -> None:
+    with contextlib.suppress(Exception):
+        qmp.close()
 
 
 def _exited(proc: subprocess.Popen[bytes], within: float) -> bool:
