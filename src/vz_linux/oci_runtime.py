@@ -29,7 +29,7 @@ from pathlib import Path
 from .arch import Architecture
 from .errors import BuildError, CommandFailedError
 from .hashing import sha256_file, sha256_text
-from .layout import cache_root
+from .layout import cache_root, source_checkout
 from .run import run
 
 NAME = "crun"
@@ -187,10 +187,17 @@ def toolchain_identity(arch: Architecture) -> str:
     return run([gcc, "--version"]).stdout.decode().splitlines()[0].strip()
 
 
+def patches() -> list[Path]:
+    """Our patches on top of Debian's (guest/crun/patches/*.patch, applied in name order)."""
+    top = source_checkout()
+    return sorted((top / "guest" / "crun" / "patches").glob("*.patch")) if top is not None else []
+
+
 def cache_key(source: CrunSource, arch: Architecture, toolchain: str, libs: Libraries) -> str:
     return sha256_text(json.dumps({
         "schema": CACHE_SCHEMA, "source": source.version, "dsc": source.dsc_sha256,
         "arch": arch.value, "toolchain": toolchain, "libraries": libs.versions,
+        "patches": [(p.name, sha256_file(p)) for p in patches()],
     }, sort_keys=True))
 
 
@@ -224,6 +231,8 @@ def _build(source: CrunSource, arch: Architecture, libs: Libraries, out_dir: Pat
         work = Path(tmp)
         tree = work / "src"
         shutil.copytree(source.tree, tree, symlinks=True)
+        for patch in patches():
+            run(["patch", "-p1", "--forward", "--batch", "-i", str(patch)], cwd=tree)
         # `make` would otherwise run git to generate it; a source package has no .git.
         (tree / "git-version.h").write_text(f'#define GIT_VERSION "{source.version}"\n')
         static = work / "static-libs"
