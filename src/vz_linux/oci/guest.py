@@ -70,7 +70,9 @@ def crun_argv(*args: str) -> list[str]:
 
 
 def crun_run(container_id: str) -> list[str]:
-    return crun_argv("run", "--bundle", GUEST_CTL, container_id)
+    # --no-pivot: the VM's root is the initramfs (rootfs), which pivot_root(2) refuses to move;
+    # crun then moves the container root over / and chroots, in the container's mount namespace.
+    return crun_argv("run", "--no-pivot", "--bundle", GUEST_CTL, container_id)
 
 
 def crun_exec(container_id: str, args: Sequence[str], env: Sequence[str], cwd: str | None) -> list[str]:

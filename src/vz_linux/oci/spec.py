@@ -143,6 +143,9 @@ def runtime_spec(
             "noNewPrivileges": True,
         },
         "root": {"path": root_path, "readonly": False},
+        # crun reads /proc/self/setgroups before setgroups(); that file exists only with user
+        # namespaces, which the container kernel lacks. This annotation says "do setgroups".
+        "annotations": {"run.oci.keep_original_groups": "0"},
         "mounts": mounts,
         "linux": {
             "namespaces": [{"type": n} for n in namespaces],
