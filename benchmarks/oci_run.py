@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO))  # tests.oci.conftest (the BusyBox rootfs builder)
 from tests.oci.conftest import make_busybox_rootfs  # noqa: E402
 
 from vz_linux.bench import BenchGuest, BenchOptions, boot_once, host_info  # noqa: E402
+from vz_linux.layout import cache_root  # noqa: E402
 from vz_linux.oci.config import RuntimeConfig  # noqa: E402
 from vz_linux.oci.runtime import ContainerRequest, run_foreground  # noqa: E402
 from vz_linux.profiles import KernelProfile  # noqa: E402
@@ -51,7 +52,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="vz-oci-bench-"))
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VZ_LINUX_", "VZ_OCI_"))}
-        env.update(HOME=str(work / "home"), VZ_LINUX_CONTAINER_BUNDLE_DIR=str(args.bundle_dir.resolve()))
+        # A throw-away ~/.vz, but the machine's build cache (and its cached accelerator verdict).
+        env.update(HOME=str(work / "home"), VZ_LINUX_CONTAINER_BUNDLE_DIR=str(args.bundle_dir.resolve()),
+                   VZ_LINUX_CACHE_DIR=str(cache_root()))
         (work / "home").mkdir()
         os.environ.clear()
         os.environ.update(env)

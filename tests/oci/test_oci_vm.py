@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from vz_linux import layout
 from vz_linux.profiles import KernelProfile
 
 from .conftest import make_oci_layout
@@ -33,8 +34,6 @@ def container_bundle(request: pytest.FixtureRequest) -> Path:
         factory = request.getfixturevalue("built_bundle")
     except pytest.FixtureLookupError:
         # Until the shared fixture exists: the checkout's own build output (never a skip).
-        from vz_linux import layout
-
         out = layout.default_bundle_dir(KernelProfile.container)
         assert (out / layout.METADATA).is_file(), f"no container bundle: run `vz-linux build --profile container` ({out})"
         return out
@@ -48,6 +47,8 @@ def vz_env(tmp_path_factory: pytest.TempPathFactory, container_bundle: Path) -> 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VZ_LINUX_", "VZ_OCI_"))}
     env["HOME"] = str(home)
     env["VZ_LINUX_CONTAINER_BUNDLE_DIR"] = str(container_bundle)  # installed into $HOME/.vz/linux
+    # The build cache (and its accelerator verdict) stays the machine's: only ~/.vz is per session.
+    env["VZ_LINUX_CACHE_DIR"] = str(layout.cache_root())
     return env
 
 
