@@ -39,14 +39,14 @@ def figure(name: str, value: float | int | str, unit: str) -> None:
 
 def timed(argv: list[str]) -> float:
     start = time.monotonic()
-    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.monotonic() - start
 
 
 def size_text(path: Path) -> int:
-    out = run(["size", "-A", str(path)]).stdout.decode()
-    return sum(int(line.split()[1]) for line in out.splitlines()
-               if line.startswith(".text"))
+    """The `text` column of size(1) (Berkeley format: code + read-only data)."""
+    out = run(["size", str(path)]).stdout.decode()
+    return int(out.splitlines()[1].split()[0])
 
 
 def stripped_size(path: Path) -> int:
