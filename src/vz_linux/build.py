@@ -95,9 +95,10 @@ def configure(
     *,
     fragments: tuple[Path, ...] | None = None,
     allowlist: Path | None = None,
+    memoize: bool = True,
 ) -> ConfigReport:
     """Resolve and check the config and derive its capabilities (no compile)."""
-    resolved = resolve_config(source, profile, arch, fragments=fragments, allowlist=allowlist)
+    resolved = resolve_config(source, profile, arch, fragments=fragments, allowlist=allowlist, memoize=memoize)
     exclusions = resolved.exclusions if profile is KernelProfile.container else []
     caps = derive_capabilities(resolved.config, arch, exclusions)
     missing = tuple(explain_missing(profile.contract - caps, resolved.config, arch, exclusions))

@@ -10,10 +10,13 @@ missing prompt.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import io
+import json
 import os
 import re
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +28,7 @@ from filelock import FileLock
 from .arch import Architecture
 from .dotconfig import ConfigLine, parse_dotconfig, parse_lines
 from .errors import InvalidConfigError, KconfigCheckError
+from .hashing import sha256_text
 from .layout import cache_root, source_checkout
 from .profiles import KernelProfile
 from .run import run
@@ -176,6 +180,25 @@ def merge_fragments(base_text: str, fragments: Sequence[Sequence[ConfigLine]]) -
     return "\n".join([*kept, *(line.as_text() for line in wanted.values())]) + "\n"
 
 
+def _memo_path(source: KernelSource, profile: KernelProfile, arch: Architecture,
+               fragments: Sequence[Path]) -> Path:
+    """Where the resolved .config of these exact inputs is kept. The key covers the source, the
+    baseline, the fragments' text in merge order, the toolchain (Kconfig probes the compiler)
+    and the host tools Kconfig asks about (pahole, rustc)."""
+    from .kernel_build import toolchain_info
+
+    blob = json.dumps({
+        "memo_schema": 1,
+        "source": source.identity,
+        "baseline": profile.baseline,
+        "arch": arch.value,
+        "fragments": [p.read_text() for p in fragments],
+        "toolchain": dataclasses.asdict(toolchain_info(arch)),
+        "host_tools": [shutil.which(t) for t in ("pahole", "rustc", "bindgen")],
+    }, sort_keys=True)
+    return cache_root() / "kconfig" / "resolved" / f"{sha256_text(blob)}.config"
+
+
 def config_workdir(profile: KernelProfile, arch: Architecture) -> Path:
     """Where configs are resolved (not the compile dir, so `config` never disturbs a build)."""
     return cache_root() / "kconfig" / f"{profile.value}-{arch.value}"
@@ -189,9 +212,14 @@ def resolve_config(
     fragments: Sequence[Path] | None = None,
     allowlist: Path | None = None,
     workdir: Path | None = None,
+    memoize: bool = True,
 ) -> ResolvedConfig:
     """Resolve and check the config of (profile, arch). Never raises for failed checks: see
-    :meth:`ResolvedConfig.raise_for_failures`."""
+    :meth:`ResolvedConfig.raise_for_failures`.
+
+    The kernel's ``make <baseline>`` + ``olddefconfig`` result is memoized under a key over
+    every input (see :func:`_memo_path`), so a cache-hit build runs no make of the kernel at all.
+    """
     frag_paths = list(fragments) if fragments is not None else fragment_paths(profile, arch)
     parsed: list[list[ConfigLine]] = []
     for p in frag_paths:
@@ -200,14 +228,21 @@ def resolve_config(
         except OSError as e:
             raise InvalidConfigError(f"cannot read config fragment {p}: {e.strerror}") from None
     allow = read_allowlist(allowlist if allowlist is not None else default_allowlist())
-    workdir = workdir or config_workdir(profile, arch)
-    workdir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(workdir) + ".lock"):
-        run(make_argv(source, workdir, arch, profile.baseline))
-        base = (workdir / ".config").read_text()
-        (workdir / ".config").write_text(merge_fragments(base, parsed))
-        run(make_argv(source, workdir, arch, "olddefconfig"))
-        text = (workdir / ".config").read_text()
+    memo = _memo_path(source, profile, arch, frag_paths) if memoize else None
+    if memo is not None and memo.is_file():
+        text = memo.read_text()
+    else:
+        workdir = workdir or config_workdir(profile, arch)
+        workdir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(workdir) + ".lock"):
+            run(make_argv(source, workdir, arch, profile.baseline))
+            base = (workdir / ".config").read_text()
+            (workdir / ".config").write_text(merge_fragments(base, parsed))
+            run(make_argv(source, workdir, arch, "olddefconfig"))
+            text = (workdir / ".config").read_text()
+        if memo is not None:
+            memo.parent.mkdir(parents=True, exist_ok=True)
+            write_if_changed(memo, text)
     resolved = parse_dotconfig(text)
 
     # The last line per symbol is the one that counts; an earlier one with another value is overridden.

@@ -137,6 +137,26 @@ def _debian_package_version(package: str) -> str:
     return proc.stdout.decode().strip()
 
 
+def _package_tarball_sha256(tarball: Path, sources: Path) -> str:
+    """sha256 of the package's tarball, re-hashed only when its size or mtime changes (dpkg
+    replaces the file on upgrade), so a cache-hit build does not hash 130 MB every time."""
+    st = tarball.stat()
+    stamp = {"path": str(tarball), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    memo = sources / ".package-tarball-sha256.json"
+    try:
+        saved = json.loads(memo.read_text())
+        if {k: saved.get(k) for k in stamp} == stamp and re.fullmatch(r"[0-9a-f]{64}", saved["sha256"]):
+            return str(saved["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    sha = sha256_file(tarball)
+    sources.mkdir(parents=True, exist_ok=True)
+    tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({**stamp, "sha256": sha}) + "\n")
+    os.replace(tmp, memo)
+    return sha
+
+
 def _download(url: str, sha256: str, allow_http: bool, downloads: Path) -> Path:
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme == "http" and not (allow_http or parsed.hostname in _LOCAL_HOSTS):
@@ -211,7 +231,7 @@ def acquire_source(spec: SourceSpec, *, pin: KernelPin | None = None, cache: Pat
         if not pin.debian_tarball.is_file():
             raise KernelSourceError(f"{pin.debian_tarball} is missing although {pin.debian_package} is installed",
                                     hint=f"apt-get install --reinstall {pin.debian_package}")
-        sha = sha256_file(pin.debian_tarball)
+        sha = _package_tarball_sha256(pin.debian_tarball, sources)
         tree = _extract(pin.debian_tarball, sha, sources)
         version = tree_version(tree)
         info = SourceInfo(kind=spec.kind.value, version=version, sha256=sha,
