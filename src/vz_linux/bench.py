@@ -153,11 +153,11 @@ def http_smoke(vm: LinuxVm, url: str, timeout: float) -> str:
     last = ""
     while True:
         left = deadline - time.monotonic()
-        r = vm.exec_collect(["wget", "-q", "-T", str(max(1, int(min(left, 10)))), "-O", "-", url],
-                            timeout=max(1.0, left))
+        # No wget -T: Debian's static BusyBox 1.35 wget segfaults with it; the agent enforces the timeout.
+        r = vm.exec_collect(["wget", "-q", "-O", "-", url], timeout=max(1.0, min(left, 10.0)))
         if r.exit_code == 0:
             return r.stdout.decode(errors="replace")
-        last = r.stderr.decode(errors="replace").strip() or f"wget exit {r.exit_code}"
+        last = r.stderr.decode(errors="replace").strip() or f"wget {r.describe()}"
         if time.monotonic() >= deadline:
             raise AgentError(f"HTTP smoke check of {url} failed within {timeout:.0f}s: {last}")
         time.sleep(0.2)  # retry pacing while the guest's DHCP lease arrives, not a readiness guess
