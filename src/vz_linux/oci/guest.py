@@ -27,7 +27,7 @@ GUEST_WORK = f"{GUEST_ROOT}/c"  # tmpfs: overlay upper/work and the merged rootf
 GUEST_ROOTFS = f"{GUEST_WORK}/rootfs"
 GUEST_CRUN = f"{GUEST_CTL}/crun"
 CRUN_STATE = "/run/crun"
-# crun exits 1 (not 127) when execve finds no such file; its message is how we tell.
+# crun exits 1/255 (not 127) when execve finds no such file; its message is how we tell.
 CRUN_NOT_FOUND_MARKERS = (b"not found in $PATH", b"executable file `")
 
 
@@ -93,4 +93,5 @@ def crun_ps(container_id: str) -> list[str]:
 
 
 def looks_like_not_found(exit_code: int, stderr_tail: bytes) -> bool:
-    return exit_code == 1 and any(m in stderr_tail for m in CRUN_NOT_FOUND_MARKERS)
+    # `crun run` exits 1, `crun exec` 255 when execve fails.
+    return exit_code in (1, 255) and any(m in stderr_tail for m in CRUN_NOT_FOUND_MARKERS)

@@ -126,7 +126,7 @@ def remove(cfg: RuntimeConfig, ref: str, *, force: bool = False) -> str:
     if store.effective_status(state) in LIVE:
         if not force:
             raise ContainerStateError(f"container {state.name} is {state.status.value}",
-                                      hint=f"stop it first (`vz oci stop {state.name}`) or use `rm -f`")
+                                      hint=f"stop it first with `vz oci stop {state.name}`, or use `rm -f`")
         stop(cfg, state.id, timeout=0)
     _kill_supervisor(cfg, state)
     store.remove(state.id)

@@ -30,6 +30,7 @@ from ..errors import ContainerStateError, OciError, VzLinuxError
 from ..profiles import KernelProfile
 from .config import RuntimeConfig
 from .runtime import ContainerVm
+from .spec import merge_env
 from .state import SUPERVISOR_LOG, SUPERVISOR_SOCKET, ContainerStore, Status, now, process_start_time
 
 _LINE_LIMIT = 1 << 20
@@ -261,8 +262,9 @@ class Supervisor:
         args = [str(a) for a in msg.get("args", [])]
         if not args:
             raise OciError("exec needs a command")
-        code = self.cvm.exec(args, [str(e) for e in msg.get("env", [])], msg.get("cwd"),
-                             sink("stdout"), sink("stderr"))
+        # crun exec's --env replaces the process environment: start from the container's own.
+        env = merge_env(self.cvm.state.env, [str(e) for e in msg.get("env", [])])
+        code = self.cvm.exec(args, env, msg.get("cwd"), sink("stdout"), sink("stderr"))
         with send_lock:
             _send(conn, {"exit": code})
 
