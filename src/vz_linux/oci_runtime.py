@@ -50,13 +50,16 @@ class OciRuntime:
     package_version: str  # Debian source version, e.g. "1.8.1-1+deb12u1"
     cache_key: str
     build_seconds: float | None  # of the build that produced the cached binary
+    patches: tuple[str, ...] = ()  # our patches applied on top of Debian's (file names)
 
     name: str = NAME
 
     @property
     def version(self) -> str:
-        """What ``version.json`` records (``crun --version`` prints the same in its commit line)."""
-        return f"{self.package_version.rsplit('-', 1)[0]} (Debian {self.package_version})"
+        """What ``version.json`` records: upstream, the Debian package, and our patches if any
+        (``crun --version`` prints the package version in its commit line)."""
+        ours = f" + {', '.join(self.patches)}" if self.patches else ""
+        return f"{self.package_version.rsplit('-', 1)[0]} (Debian {self.package_version}{ours})"
 
 
 def _root() -> Path:
@@ -213,7 +216,8 @@ def ensure_crun(arch: Architecture, version: str = PINNED_VERSION) -> OciRuntime
         if not binary.is_file():
             _build(source, arch, libs, out_dir)
         info = json.loads((out_dir / "build.json").read_text())
-        return OciRuntime(arch, binary, source.version, key, info.get("seconds"))
+        return OciRuntime(arch, binary, source.version, key, info.get("seconds"),
+                          tuple(p.name for p in patches()))
 
 
 def check_static(binary: Path, arch: Architecture) -> str:

@@ -12,7 +12,7 @@ import pytest
 
 from vz_linux.arch import Architecture
 from vz_linux.errors import BuildError
-from vz_linux.oci_runtime import PINNED_VERSION, OciRuntime, check_static, ensure_crun, fetch_source
+from vz_linux.oci_runtime import PINNED_VERSION, OciRuntime, check_static, ensure_crun, fetch_source, patches
 
 pytestmark = pytest.mark.slow  # the first run on a machine builds crun twice (minutes)
 
@@ -24,7 +24,10 @@ def test_host_crun_reports_pinned_version(cruns: dict[Architecture, OciRuntime])
     assert f"crun version {upstream}\n" in out
     assert f"commit: {PINNED_VERSION}\n" in out
     assert "+SECCOMP" in out and "+CAP" in out and "+YAJL" in out
-    assert crun.version == f"{upstream} (Debian {PINNED_VERSION})"
+    names = [p.name for p in patches()]
+    assert crun.patches == tuple(names)
+    ours = f" + {', '.join(names)}" if names else ""
+    assert crun.version == f"{upstream} (Debian {PINNED_VERSION}{ours})"
 
 
 @pytest.mark.parametrize("arch", [Architecture.x86_64, Architecture.arm64], ids=str)
