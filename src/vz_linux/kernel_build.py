@@ -155,7 +155,7 @@ def compile_kernel(
         argv.remove("-s")  # keep kbuild's per-object lines: they drive the progress display
         start = time.monotonic()
         done = 0
-        with open(log_path, "w") as log_file:
+        with open(log_path, "w", buffering=1) as log_file:  # line-buffered: `tail -f` works
             log_file.write(f"+ {quote(argv)}\n")
             log_file.flush()
             with spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=builddir) as proc:
