@@ -48,7 +48,16 @@ def _progress_display() -> Iterator[ProgressFn]:
     )
     task = progress.add_task("kernel", total=None, line="")
 
+    last_plain = [-60.0]
+
     def update(p: CompileProgress) -> None:
+        if not err_console.is_terminal:
+            # No live display in logs (CI): a plain line a minute instead.
+            if p.elapsed - last_plain[0] >= 60:
+                last_plain[0] = p.elapsed
+                err_console.print(f"compiling: {p.done}/{p.total} objects, {p.elapsed / 60:.0f} min",
+                                  markup=False)
+            return
         if not progress.live.is_started:
             progress.start()
         progress.update(task, completed=p.done, total=p.total, line=p.line[-60:])
