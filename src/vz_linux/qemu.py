@@ -94,6 +94,9 @@ class QemuVm:
     # them PCI virtio and the legacy timers they expect.
     machine: str | None = None
     transport: Transport | None = None  # None: the arch's default
+    # TCG hands the guest the host's TSC; telling the guest its rate (x86 tsc_early_khz=) spares it a
+    # PIT calibration that fails under TCG and leaves it on the 4 ms jiffies clock.
+    tsc_khz: int | None = None
     extra_args: tuple[str, ...] = field(default=())
 
     @property
@@ -118,6 +121,8 @@ class QemuVm:
         if self.fast_cmdline:
             parts += FAST_CMDLINE if self.arch is Architecture.x86_64 else ("quiet", "cryptomgr.notests",
                                                                           "random.trust_cpu=on")
+        if self.tsc_khz is not None and self.arch is Architecture.x86_64:
+            parts.append(f"tsc_early_khz={self.tsc_khz}")
         parts += self.cmdline_extra
         return " ".join(parts)
 
@@ -176,6 +181,22 @@ class QemuVm:
 def vhost_vsock_available() -> bool:
     """vsock needs the host's vhost-vsock device (absent here, SPEC §8)."""
     return VHOST_VSOCK_DEVICE.exists() and os.access(VHOST_VSOCK_DEVICE, os.R_OK | os.W_OK)
+
+
+def host_tsc_khz() -> int | None:
+    """The host's TSC rate when the host knows it exactly (``tsc_known_freq``), else None."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), "").split()
+    if not {"constant_tsc", "nonstop_tsc", "tsc_known_freq"} <= set(flags):
+        return None
+    mhz = next((line.split(":", 1)[1] for line in text.splitlines() if line.startswith("cpu MHz")), None)
+    try:
+        return round(float(mhz) * 1000) if mhz else None
+    except ValueError:
+        return None
 
 
 def describe(argv: Sequence[str]) -> str:

@@ -73,6 +73,7 @@ class VmConfig:
     hvc_console: bool = True
     machine: str | None = None  # None: microvm (x86_64) / virt (arm64); "pc" for stock kernels
     transport: Transport | None = None
+    tell_tsc_rate: bool = True  # TCG x86_64: pass the host's TSC rate (qemu.host_tsc_khz)
 
     @classmethod
     def from_bundle(cls, bundle_dir: Path, **overrides: Any) -> VmConfig:
@@ -206,7 +207,10 @@ class LinuxVm:
                 log_path=workdir / f"virtiofsd-{i}.log"))
             shares.append(Share(share.tag, sock))
 
-        from .qemu import vhost_vsock_available
+        from .qemu import host_tsc_khz, vhost_vsock_available
+
+        tcg_x86 = (self.accel.accel is Accel.tcg and cfg.arch is Architecture.x86_64
+                   and Architecture.host() is Architecture.x86_64)
 
         self.qemu = QemuVm(
             arch=cfg.arch, kernel=cfg.kernel, initramfs=cfg.initramfs, cpus=cfg.cpus,
@@ -215,6 +219,7 @@ class LinuxVm:
             qmp_socket=qmp_path, network=cfg.network, shares=tuple(shares), hvc_console=cfg.hvc_console,
             vsock_cid=cfg.vsock_cid if cfg.vsock_cid is not None and vhost_vsock_available() else None,
             machine=cfg.machine, transport=cfg.transport,
+            tsc_khz=host_tsc_khz() if cfg.tell_tsc_rate and tcg_x86 else None,
         )
         argv = self.qemu.argv()
         stderr = self._stack.enter_context(open(workdir / "qemu.stderr", "wb"))  # noqa: SIM115

@@ -22,11 +22,16 @@ def _verify(bundle: Path, *extra: str) -> subprocess.CompletedProcess[str]:
 
 def test_every_declared_capability_passes(container_bundle: Path) -> None:
     declared = json.loads((container_bundle / "version.json").read_text())["capabilities"]
-    p = _verify(container_bundle)
+    table = _verify(container_bundle)
+    assert table.returncode == 0, table.stdout + table.stderr
+    assert "live capability probes" in table.stdout and "-vz-container" in table.stdout
+    p = _verify(container_bundle, "--json")
     assert p.returncode == 0, p.stdout + p.stderr
+    rows = {r["capability"]: r for r in json.loads(p.stdout)["boot"]["rows"]}
+    assert sorted(rows) == sorted(declared)
     for cap in declared:
-        line = next(ln for ln in p.stdout.splitlines() if f" {cap} " in f" {ln} ")
-        assert "pass" in line, line
+        assert rows[cap]["declared"] and rows[cap]["passed"], rows[cap]
+        assert rows[cap]["evidence"], cap
 
 
 def test_false_claim_fails_the_boot_check(container_bundle: Path, tmp_path: Path) -> None:
