@@ -245,7 +245,8 @@ class Supervisor:
             self.store.update(self.id, status=Status.failed, error=str(e), finished=now())
         finally:
             self.finished.set()
-            self.shutdown.set()
+            if not self.stopping:  # a stop in progress shuts down itself, once its kills are done
+                self.shutdown.set()
 
     def _op_exec(self, conn: socket.socket, msg: dict[str, Any]) -> None:
         if self.runner is None or self.finished.is_set() or self.cvm is None:
@@ -273,10 +274,16 @@ class Supervisor:
         self.booted.wait()
         if self.runner is not None and not self.finished.is_set() and self.cvm is not None:
             self.stopping = True
-            self.cvm.kill("TERM")
-            if not self.finished.wait(timeout):
-                self.cvm.kill("KILL")
-                self.finished.wait(30)
+            try:
+                self.cvm.kill("TERM")
+                if not self.finished.wait(timeout):
+                    self.cvm.kill("KILL")
+                    self.finished.wait(30)
+            except VzLinuxError:
+                if not self.finished.is_set():  # crun kill failing because it already exited is fine
+                    raise
+            finally:
+                self.shutdown.set()
         elif self.runner is None and self.boot_error is None:
             self.store.update(self.id, status=Status.stopped, finished=now())
         _send(conn, {"ok": True, "exit_code": self.exit_code})
