@@ -272,22 +272,22 @@ class Supervisor:
     def _op_stop(self, conn: socket.socket, msg: dict[str, Any]) -> None:
         timeout = float(msg.get("timeout", 10))
         self.booted.wait()
-        if self.runner is not None and not self.finished.is_set() and self.cvm is not None:
-            self.stopping = True
-            try:
-                self.cvm.kill("TERM")
-                if not self.finished.wait(timeout):
-                    self.cvm.kill("KILL")
-                    self.finished.wait(30)
-            except VzLinuxError:
-                if not self.finished.is_set():  # crun kill failing because it already exited is fine
-                    raise
-            finally:
-                self.shutdown.set()
-        elif self.runner is None and self.boot_error is None:
-            self.store.update(self.id, status=Status.stopped, finished=now())
-        _send(conn, {"ok": True, "exit_code": self.exit_code})
-        self.shutdown.set()
+        try:
+            if self.runner is not None and not self.finished.is_set() and self.cvm is not None:
+                self.stopping = True
+                try:
+                    self.cvm.kill("TERM")
+                    if not self.finished.wait(timeout):
+                        self.cvm.kill("KILL")
+                        self.finished.wait(30)
+                except VzLinuxError:
+                    if not self.finished.is_set():  # crun kill failing because it already exited is fine
+                        raise
+            elif self.runner is None and self.boot_error is None:
+                self.store.update(self.id, status=Status.stopped, finished=now())
+            _send(conn, {"ok": True, "exit_code": self.exit_code})
+        finally:
+            self.shutdown.set()  # after the reply: the process exits soon after this
 
     # the main thread
     def main(self) -> int:
