@@ -88,6 +88,7 @@ def floor_archive(busybox: Path, arch: Architecture) -> Archive:
     ar.add_char_device("dev/console", 5, 1, 0o600)
     script = """#!/bin/sh
 export PATH=/bin
+busybox mount -t proc proc /proc
 busybox mount -t sysfs sys /sys
 busybox mount -t devtmpfs dev /dev
 for p in /sys/class/virtio-ports/*; do
