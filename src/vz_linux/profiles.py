@@ -8,7 +8,6 @@ from typing import TypeVar
 
 from .errors import InvalidConfigError
 
-
 E = TypeVar("E", bound=enum.StrEnum)
 
 

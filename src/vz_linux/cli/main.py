@@ -19,7 +19,7 @@ def cli(verbose: bool) -> None:
 
 def _register() -> None:
     # Each stage owns its commands in its own module; importing registers them on `cli`.
-    from . import bundle_cmds, build_cmds, run_cmds  # noqa: F401
+    from . import build_cmds, bundle_cmds, run_cmds  # noqa: F401
 
 
 def main(args: list[str] | None = None) -> NoReturn:
