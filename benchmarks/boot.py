@@ -100,6 +100,7 @@ def main() -> int:
     if args.cmdline_study:
         candidates = {"none": BenchGuest("cmdline: none", replace(base, fast_cmdline=False)),
                       "all": BenchGuest("cmdline: all", base)}
+        candidates["tsc"] = BenchGuest("all, TSC rate not told", replace(base, tell_tsc_rate=False))
         for item in FAST_CMDLINE:
             rest = tuple(x for x in FAST_CMDLINE if x != item)
             candidates[item] = BenchGuest(f"cmdline: all but {item}",

@@ -50,16 +50,11 @@ BASE_CMDLINE: tuple[str, ...] = (
     "rdinit=/init",
 )
 
-# Boot-time cuts (issue 5 item 5); each measured with benchmarks/boot.py, see docs/vm.md.
-FAST_CMDLINE: tuple[str, ...] = (
-    "quiet",  # every console byte is an emulated UART write under TCG
-    "8250.nr_uarts=1",  # do not probe legacy serial ports a microvm does not have
-    "i8042.noaux", "i8042.nomux", "i8042.nopnp", "i8042.dumbkbd",  # no PS/2 controller probing
-    "tsc=reliable",  # skip the TSC watchdog/clocksource calibration dance
-    "no_timer_check",  # skip the IO-APIC timer check
-    "cryptomgr.notests",  # no crypto self-tests at boot
-    "random.trust_cpu=on",  # do not wait for entropy
-)
+# Boot-time cuts (issue 5 item 5), measured with `benchmarks/boot.py --cmdline-study` (docs/vm.md).
+# Only `quiet` is kept: every console byte is an emulated UART write under TCG. Dropped: i8042.* and
+# cryptomgr.notests (no-ops: the container kernel has no SERIO and no crypto manager), tsc=reliable,
+# no_timer_check, 8250.nr_uarts=1, random.trust_cpu=on (no gain above the run-to-run noise).
+FAST_CMDLINE: tuple[str, ...] = ("quiet",)
 
 
 @dataclass(frozen=True)
@@ -119,8 +114,7 @@ class QemuVm:
     def kernel_cmdline(self) -> str:
         parts: list[str] = [f"console={self.console_device()}", *BASE_CMDLINE]
         if self.fast_cmdline:
-            parts += FAST_CMDLINE if self.arch is Architecture.x86_64 else ("quiet", "cryptomgr.notests",
-                                                                          "random.trust_cpu=on")
+            parts += FAST_CMDLINE
         if self.tsc_khz is not None and self.arch is Architecture.x86_64:
             parts.append(f"tsc_early_khz={self.tsc_khz}")
         parts += self.cmdline_extra
