@@ -178,3 +178,18 @@ def test_container_that_exits_by_itself_and_rm_force(vz: Callable[..., subproces
     assert (rows[0]["status"], rows[0]["exit_code"]) == ("exited", 7)
     assert vz("oci", "logs", "quick", check=True).stdout == "bye\n"
     vz("oci", "rm", "quick", check=True)
+
+
+def test_network_namespace_unless_net(vz: Callable[..., subprocess.CompletedProcess[str]],
+                                      busybox_rootfs: Path) -> None:
+    # Without --net the container has its own network namespace: loopback (and the kernel's
+    # per-namespace sit0 tunnel), no eth0.
+    p = vz("oci", "run", "--rm", "--kernel-profile", "container", str(busybox_rootfs), "--",
+           "sh", "-c", "ls /sys/class/net")
+    assert p.returncode == 0, p.stderr
+    assert "lo" in p.stdout.split() and "eth0" not in p.stdout.split()
+    # With --net the VM gets user-mode networking and the container shares the VM's interfaces.
+    p = vz("oci", "run", "--rm", "--net", "--kernel-profile", "container", str(busybox_rootfs), "--",
+           "sh", "-c", "ls /sys/class/net")
+    assert p.returncode == 0, p.stderr
+    assert "eth0" in p.stdout.split()
