@@ -112,7 +112,7 @@ def bench(bundle_dir: Path | None, profile: str | None, kernel: Path | None, ini
 
         results = run_bench(guests, opts, on_sample=on_sample,
                             log=lambda m: progress.console.print(m, markup=False))
-    out_console.print(summary_table(results))
+    out_console.print(summary_table(results), width=max(out_console.width, 150))
     if len(results) == 2:
         ratio = results[0].total().median / results[1].total().median
         out_console.print(f"ratio of medians {results[0].label} / {results[1].label}: {ratio:.3f}", markup=False)
