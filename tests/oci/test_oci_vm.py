@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from vz_linux import layout
+from vz_linux.errors import OciError
 from vz_linux.profiles import KernelProfile
 
 from .conftest import make_oci_layout
@@ -193,3 +194,11 @@ def test_network_namespace_unless_net(vz: Callable[..., subprocess.CompletedProc
            "sh", "-c", "ls /sys/class/net")
     assert p.returncode == 0, p.stderr
     assert "eth0" in p.stdout.split()
+
+
+def test_timeout_kills_the_container(vz: Callable[..., subprocess.CompletedProcess[str]],
+                                     busybox_rootfs: Path) -> None:
+    p = vz("oci", "run", "--rm", "--timeout", "5", "--kernel-profile", "container", str(busybox_rootfs), "--",
+           "sleep", "600")
+    assert p.returncode == OciError.exit_code, p.stderr  # one clear line, not a made-up container status
+    assert "did not finish within 5s" in p.stderr
