@@ -55,7 +55,9 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 
 # Python environment: locked dependencies, the package installed editable.
-if [ ! -x .venv/bin/python ]; then
+if [ ! -x .venv/bin/python ] || [ ! -x .venv/bin/pip ]; then
+  # (re)create: a venv interrupted half-way has python but no pip
+  rm -rf .venv
   python3 -m venv .venv
 fi
 stamp=.venv/.vz-linux-lock.sha256
