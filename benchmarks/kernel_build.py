@@ -126,7 +126,7 @@ def main() -> None:
                 continue
             image, meta = entry
             if meta.get("objects", 0) and int(str(meta["objects"])) > 200:
-                figure(f"recorded_compile_{profile.value}_{arch.value}", meta.get("compile_seconds", "?"), "s")
+                figure(f"recorded_compile_{profile.value}_{arch.value}", str(meta.get("compile_seconds", "?")), "s")
             name = f"{profile.value}_{arch.value}"
             figure(f"size_{name}_image", image.stat().st_size, "bytes")
             if arch is x86:
