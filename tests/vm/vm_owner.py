@@ -8,6 +8,7 @@ Prints "PIDS <qemu> <virtiofsd>" once the VM runs, then, by MODE:
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,9 @@ from vz_linux.vm import LinuxVm, VmConfig, VmShare
 
 def main() -> None:
     mode, kernel, initramfs, share = sys.argv[1:5]
+    # Behave like an interactive program even when started from a background shell job, which
+    # inherits SIGINT as *ignored* (Python then keeps it ignored): Ctrl-C must raise KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     cfg = VmConfig(kernel=Path(kernel), initramfs=Path(initramfs), accel="tcg",
                    shares=(VmShare("vz-mount-0", Path(share)),))
     with LinuxVm(cfg) as vm:

@@ -36,6 +36,9 @@ def setup_logging(verbose: bool) -> None:
 
 def run_cli(command: click.Command, prog: str, args: list[str] | None = None) -> NoReturn:
     """Run a click command; expected failures print one line and exit with their own code."""
+    # A shell's background job inherits SIGINT as ignored; we still want Ctrl-C/SIGINT to unwind
+    # (stopping VMs) rather than be dropped silently.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGHUP, _raise_interrupt)
     try:
