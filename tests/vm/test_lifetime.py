@@ -24,12 +24,15 @@ HANG = "#!/bin/sh\nexec /bin/busybox sleep 100000\n"
 
 def _owner(mode: str, kernel: Path, initramfs: Path, share: Path) -> tuple[subprocess.Popen[str], int, int]:
     proc = subprocess.Popen([sys.executable, "-m", "tests.vm.vm_owner", mode, str(kernel), str(initramfs),
-                             str(share)], cwd=TOP, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
+                             str(share)], cwd=TOP, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdin is not None
     line = proc.stdout.readline()
     assert line.startswith("PIDS "), (line, proc.stderr.read() if proc.stderr else "")
     qemu, fsd = (int(x) for x in line.split()[1:3])
     assert alive(qemu) and fsd and alive(fsd)
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
     return proc, qemu, fsd
 
 
@@ -53,7 +56,12 @@ def hang_guest(container_bundle: Path, tiny_initramfs, tmp_path: Path):
 def test_signal_to_owner_leaves_nothing(hang_guest, sig: signal.Signals) -> None:
     proc, qemu, fsd = _owner("wait", *hang_guest)
     os.kill(proc.pid, sig)
-    proc.wait(60)
+    try:
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:  # the owner ignored the signal: a failure, but leave no processes behind
+            proc.kill()
+            proc.wait()
     assert _gone(qemu, fsd), f"after {sig.name}: qemu alive={alive(qemu)} virtiofsd alive={alive(fsd)}"
 
 

@@ -26,6 +26,7 @@ def main() -> None:
     with LinuxVm(cfg) as vm:
         fsd = next(iter(p for p in _children(vm.pid)), 0)
         print(f"PIDS {vm.pid} {fsd}", flush=True)
+        sys.stdin.readline()  # the test checks both processes are alive, then says go
         if mode == "exception":
             raise RuntimeError("boom")
         if mode == "timeout":
