@@ -21,7 +21,6 @@ import gzip
 import os
 import platform
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,25 +28,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from _timing import report, time_ms  # benchmarks/ is sys.path[0] when run as a script
+
 from vz_linux.agent_build import build_agent
 from vz_linux.agent_client import AgentClient
 from vz_linux.agent_protocol import FrameReader, Msg, Tag, encode_frame
 from vz_linux.arch import Architecture
 from vz_linux.run import spawn
-
-
-def _time(fn: Callable[[], object], n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1000)
-    return out
-
-
-def _report(name: str, samples: list[float]) -> None:
-    p95 = statistics.quantiles(samples, n=20)[-1]
-    print(f"{name}: median {statistics.median(samples):.3f} ms, p95 {p95:.3f} ms, n={len(samples)}")
 
 
 def _exec_true(client: AgentClient) -> None:
@@ -97,10 +84,10 @@ def main() -> int:
             with AgentClient.connect_unix(sock) as client:
                 for _ in range(20):  # warm up caches and the page cache for `true`
                     _exec_true(client)
-                _report("ping_rtt", _time(client.ping, args.iterations))
-                _report("exec_true_rtt", _time(lambda: _exec_true(client), args.iterations))
-                _report("exec_true_rtt_raw", _time(_raw_exec(sock), args.iterations))
-                _report("host_spawn_true", _time(lambda: subprocess.run(["true"], check=True),
+                report("ping_rtt", time_ms(client.ping, args.iterations))
+                report("exec_true_rtt", time_ms(lambda: _exec_true(client), args.iterations))
+                report("exec_true_rtt_raw", time_ms(_raw_exec(sock), args.iterations))
+                report("host_spawn_true", time_ms(lambda: subprocess.run(["true"], check=True),
                                                  max(100, args.iterations // 5)))
     return 0
 

@@ -19,36 +19,21 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.foundation.bundles
 
+from _timing import report, time_ms  # benchmarks/ is sys.path[0] when run as a script
 from tests.foundation.bundles import make_bundle
 
-from vz_linux import KernelProfile, ensure_kernel_profile
+from vz_linux import KernelProfile, ensure_kernel_profile, layout
 from vz_linux.bundle import validate_bundle
 from vz_linux.resolve import KernelBundleOptions, profile_env_var, resolve
 
 SIZES = {"vmlinux": 30 << 20, "initramfs.img": 5 << 20, "crun": 5 << 20}
-
-
-def _time(fn: Callable[[], object], n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1000)
-    return out
-
-
-def _report(name: str, samples: list[float]) -> None:
-    p95 = statistics.quantiles(samples, n=20)[-1] if len(samples) >= 2 else samples[0]
-    print(f"{name}: median {statistics.median(samples):.2f} ms, p95 {p95:.2f} ms, n={len(samples)}")
 
 
 def main() -> int:
@@ -61,6 +46,9 @@ def main() -> int:
         for name in [k for k in os.environ if k.startswith("VZ_LINUX_")]:
             del os.environ[name]
         os.environ["HOME"] = str(Path(tmp) / "home")
+        # This checkout may hold a real linux/out bundle (step 4 of the resolution order): point that
+        # step at an empty dir so "installed only" really measures the installed-files path.
+        layout.default_out_root = lambda: Path(tmp) / "no-checkout-out"
         src = Path(tmp) / "bundle"
         make_bundle(src, profile, sizes=SIZES)
         os.environ[profile_env_var(profile)] = str(src)
@@ -71,11 +59,11 @@ def main() -> int:
         print(f"bundle: {sum(SIZES.values()) / (1 << 20):.0f} MB ({', '.join(f'{k} {v >> 20} MB' for k, v in SIZES.items())})")
         print(f"first_install: {first_ms:.1f} ms")
         print(f"ensure_with_source resolves via: {resolve(KernelBundleOptions(profile=profile)).source_reason}")
-        _report("ensure_with_source", _time(lambda: ensure_kernel_profile(profile), args.iterations))
+        report("ensure_with_source", time_ms(lambda: ensure_kernel_profile(profile), args.iterations))
         del os.environ[profile_env_var(profile)]
         print(f"ensure_installed_only resolves via: {resolve(KernelBundleOptions(profile=profile)).source_reason}")
-        _report("ensure_installed_only", _time(lambda: ensure_kernel_profile(profile), args.iterations))
-        _report("full_rehash", _time(lambda: validate_bundle(installed.root), max(3, args.iterations // 10)))
+        report("ensure_installed_only", time_ms(lambda: ensure_kernel_profile(profile), args.iterations))
+        report("full_rehash", time_ms(lambda: validate_bundle(installed.root), max(3, args.iterations // 10)))
     return 0
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from .agent_client import AgentClient as AgentClient
 from .arch import Architecture as Architecture
-from .boot_verify import verify_boot as verify_boot
 from .build import BuildOptions as BuildOptions
 from .build import build_bundle as build_bundle
 from .bundle import KernelBundle as KernelBundle

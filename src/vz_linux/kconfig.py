@@ -28,6 +28,7 @@ from filelock import FileLock
 from .arch import Architecture
 from .dotconfig import ConfigLine, parse_dotconfig, parse_lines
 from .errors import InvalidConfigError, KconfigCheckError
+from .fsutil import write_text_if_changed
 from .hashing import sha256_text
 from .layout import cache_root, source_checkout
 from .profiles import KernelProfile
@@ -242,7 +243,7 @@ def resolve_config(
             text = (workdir / ".config").read_text()
         if memo is not None:
             memo.parent.mkdir(parents=True, exist_ok=True)
-            write_if_changed(memo, text)
+            write_text_if_changed(memo, text)
     resolved = parse_dotconfig(text)
 
     # The last line per symbol is the one that counts; an earlier one with another value is overridden.
@@ -391,17 +392,8 @@ class _Explainer:
         return f"kconfiglib sees {sym.name}={sym.str_value}; kernel olddefconfig gave {resulting}"
 
 
-def write_if_changed(path: Path, text: str) -> bool:
-    """Write ``text`` unless ``path`` already holds it (keeps mtimes, so make stays incremental)."""
-    if path.is_file() and path.read_text() == text:
-        return False
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return True
 
 
 def copy_tree_config(resolved: ResolvedConfig, builddir: Path) -> None:
     builddir.mkdir(parents=True, exist_ok=True)
-    write_if_changed(builddir / ".config", resolved.config_text)
-
+    write_text_if_changed(builddir / ".config", resolved.config_text)

@@ -136,7 +136,8 @@ def compile_kernel(
     Runs ``make -j<all cores> <vmlinux|Image>``; every line goes to ``<builddir>/build.log``;
     a failure raises :class:`BuildError` carrying the log's tail.
     """
-    from .kconfig import make_argv, write_if_changed
+    from .fsutil import write_text_if_changed
+    from .kconfig import make_argv
 
     builddir = builddir or build_dir(profile, arch)
     builddir.mkdir(parents=True, exist_ok=True)
@@ -149,7 +150,7 @@ def compile_kernel(
     jobs = jobs or os.cpu_count() or 1
     with FileLock(str(builddir) + ".lock"):
         # Unchanged text keeps the file's mtime, so make only rebuilds what changed.
-        write_if_changed(builddir / ".config", config_text)
+        write_text_if_changed(builddir / ".config", config_text)
         prefix = ["nice", "-n", str(nice)] if nice else []
         argv = [*prefix, *make_argv(source, builddir, arch, f"-j{jobs}", make_target(arch))]
         argv.remove("-s")  # keep kbuild's per-object lines: they drive the progress display

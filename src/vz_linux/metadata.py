@@ -11,10 +11,7 @@ seed built arm64 bundles only).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -34,6 +31,8 @@ from pydantic import (
 from . import layout
 from .arch import Architecture
 from .errors import InvalidMetadataError
+from .fsutil import fsync_dir as fsync_dir
+from .fsutil import write_atomic as write_atomic
 from .hashing import sha256_file
 from .profiles import KernelCapability, KernelProfile
 from .version import METADATA_SCHEMA_VERSION
@@ -249,30 +248,6 @@ class BundleMetadata(BaseModel):
     def write(self, path: Path) -> None:
         """Atomically replace ``path``: temp file in the same dir, fsync, rename, fsync the dir."""
         write_atomic(path, self.to_json().encode())
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def describe_validation_error(e: ValidationError, limit: int = 3) -> str:

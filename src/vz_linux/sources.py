@@ -23,6 +23,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from .errors import KernelSourceError
+from .fsutil import write_atomic
 from .hashing import sha256_file
 from .kernel_build import SourceInfo
 from .layout import cache_root, source_checkout
@@ -151,9 +152,7 @@ def _package_tarball_sha256(tarball: Path, sources: Path) -> str:
         pass
     sha = sha256_file(tarball)
     sources.mkdir(parents=True, exist_ok=True)
-    tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({**stamp, "sha256": sha}) + "\n")
-    os.replace(tmp, memo)
+    write_atomic(memo, (json.dumps({**stamp, "sha256": sha}) + "\n").encode())
     return sha
 
 
