@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -14,8 +15,10 @@ from rich.console import Console
 
 from ..errors import VzLinuxError
 
-err_console = Console(stderr=True, highlight=False)
-out_console = Console(highlight=False)
+# Not a terminal (CI logs, pipes): rich would wrap tables at 80 columns; logs are read wide.
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+err_console = Console(stderr=True, highlight=False, width=_WIDTH)
+out_console = Console(highlight=False, width=_WIDTH)
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
