@@ -9,6 +9,7 @@ sees one.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -38,6 +39,8 @@ from .version import AGENT_PROTOCOL_REVISION, AGENT_VERSION, METADATA_SCHEMA_VER
 
 if TYPE_CHECKING:
     from .kernel_build import KernelInfo
+
+log = logging.getLogger("vz_linux.userland")
 
 
 def build_time() -> str:
@@ -109,7 +112,31 @@ def assemble_bundle(
         fsync_dir(stage)
         os.chmod(stage, 0o755)
         swap_in(stage, out_dir)  # afterwards `stage` holds the previous bundle, if there was one
+        _carry_over_nested_bundles(stage, out_dir)
         fsync_dir(out_dir.parent)
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        _remove_stage(stage)
     return metadata
+
+
+def _carry_over_nested_bundles(old: Path, new: Path) -> None:
+    """Move sub-directories of the previous bundle dir into the new one.
+
+    The default layout nests bundles: linux/out/ (developer) holds linux/out/container/ and
+    linux/out/arm64/. Rebuilding the outer bundle must not drop them; loose files are not kept.
+    """
+    if not old.is_dir():  # there was no previous bundle: swap_in renamed the stage into place
+        return
+    for entry in sorted(old.iterdir()):
+        if entry.is_dir() and not entry.is_symlink() and not (new / entry.name).exists():
+            os.rename(entry, new / entry.name)
+
+
+def _remove_stage(stage: Path) -> None:
+    """Delete the staging dir, unless a nested bundle could not be carried over (then keep it)."""
+    if not stage.exists():
+        return
+    if any(e.is_dir() and not e.is_symlink() for e in stage.iterdir()):
+        log.warning("kept %s: it holds directories of the previous bundle that were not moved back", stage)
+        return
+    shutil.rmtree(stage, ignore_errors=True)

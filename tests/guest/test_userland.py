@@ -116,3 +116,24 @@ def test_tampered_bundle_is_refused(image: Path, tmp_path: Path) -> None:
         f.write(b"X")
     with pytest.raises(ChecksumMismatchError, match="crun"):
         validate_bundle(out, profile=profile)
+
+
+def test_rebuilding_the_outer_bundle_keeps_nested_bundles(image: Path, tmp_path: Path) -> None:
+    """linux/out/ (developer) holds linux/out/container/ and linux/out/arm64/: a developer rebuild
+    must not drop them."""
+    arch = Architecture.host()
+    out = tmp_path / "out"
+    dev, ctr = KernelProfile.developer, KernelProfile.container
+    assemble_bundle(out_dir=out, profile=dev, arch=arch, kernel_image=image, kernel=kernel_info(dev, arch, image))
+    assemble_bundle(out_dir=out / "container", profile=ctr, arch=arch, kernel_image=image,
+                    kernel=kernel_info(ctr, arch, image))
+    (out / "arm64" / "container").mkdir(parents=True)
+    (out / "arm64" / "container" / "marker").write_text("nested")
+    nested_before = (out / "container" / layout.METADATA).read_bytes()
+    image.write_bytes(b"a newer developer kernel")
+    assemble_bundle(out_dir=out, profile=dev, arch=arch, kernel_image=image, kernel=kernel_info(dev, arch, image))
+    validate_bundle(out, profile=dev)
+    validate_bundle(out / "container", profile=ctr)
+    assert (out / "container" / layout.METADATA).read_bytes() == nested_before
+    assert (out / "arm64" / "container" / "marker").read_text() == "nested"
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []
