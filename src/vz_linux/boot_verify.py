@@ -113,8 +113,13 @@ def verify_boot(
         accel_used = vm.accel.accel.value if vm.accel is not None else "?"
     result = BootVerification(loaded.root, hello.release, accel_used, tuple(rows))
     if check and not result.ok:
-        names = ", ".join(r.capability.value for r in result.failed)
-        raise CapabilityProbeError(
-            f"{loaded.root}: declared capabilities failed their live probe in the guest: {names}\n{result}",
-            hint="the bundle's version.json claims what its kernel cannot do; rebuild it")
+        raise probe_failure(result)
     return result
+
+
+def probe_failure(result: BootVerification) -> CapabilityProbeError:
+    """The one-line error for a verification with failed probes (the table is in ``result``)."""
+    detail = "; ".join(f"{r.capability.value} ({r.evidence or 'no output'})" for r in result.failed)
+    return CapabilityProbeError(
+        f"{result.bundle}: declared capabilities failed their live probe in the guest: {detail}",
+        hint="the bundle's version.json claims what its kernel cannot do; rebuild it")

@@ -50,3 +50,5 @@ def test_false_claim_fails_the_boot_check(container_bundle: Path, tmp_path: Path
     p = _verify(bad)
     assert p.returncode == CapabilityProbeError.exit_code, p.stdout + p.stderr
     assert "tun" in p.stderr and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr  # one line; the table is on stdout
+    assert "FAIL" in p.stdout and "tun" in p.stdout

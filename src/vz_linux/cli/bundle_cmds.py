@@ -123,7 +123,8 @@ def _verify_boot(bundle: KernelBundle) -> Any:
             "boot verification not available (vz_linux.boot_verify is missing in this installation)",
             hint="run verify without --boot",
         ) from None
-    return verify_boot(bundle)
+    # check=False: print the whole table first, then fail with one line (below).
+    return verify_boot(bundle, check=False)
 
 
 def _jsonable(value: Any) -> Any:
@@ -157,8 +158,9 @@ def verify_cmd(bundle_dir: Path, profile: str | None, require: tuple[str, ...], 
             _print_json({"ok": False, "error": type(e).__name__, "exit_code": e.exit_code, "message": e.one_line(),
                          "root": str(bundle_dir)})
         raise
+    boot_ok = boot_result is None or bool(getattr(boot_result, "ok", True))
     if as_json:
-        data = {"ok": True, **bundle.summary()}
+        data = {"ok": boot_ok, **bundle.summary()}
         if boot:
             data["boot"] = _jsonable(boot_result)
         _print_json(data)
@@ -167,3 +169,7 @@ def verify_cmd(bundle_dir: Path, profile: str | None, require: tuple[str, ...], 
         if boot:
             table = getattr(boot_result, "table", None)
             out_console.print(table() if callable(table) else f"boot verification: {boot_result}")
+    if boot_result is not None and not boot_ok:
+        from ..boot_verify import probe_failure
+
+        raise probe_failure(boot_result)
