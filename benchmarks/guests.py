@@ -13,7 +13,7 @@ from pathlib import Path
 
 from vz_linux.arch import Architecture
 from vz_linux.cpio import Archive
-from vz_linux.initramfs import InitramfsInputs, build_archive
+from vz_linux.initramfs import InitramfsInputs, build_archive, minimal_busybox_archive
 from vz_linux.layout import cache_root
 from vz_linux.run import run
 
@@ -80,12 +80,6 @@ def bundle_archive(busybox: Path, agent: Path) -> Archive:
 
 def floor_archive(busybox: Path, arch: Architecture) -> Archive:
     """/init finds the agent port, writes one line to it and reboots (QEMU exits): the boot floor."""
-    ar = Archive()
-    for d in ("bin", "dev", "proc", "sys"):
-        ar.add_dir(d)
-    ar.add_file("bin/busybox", busybox.read_bytes(), 0o755)
-    ar.add_symlink("bin/sh", "busybox")
-    ar.add_char_device("dev/console", 5, 1, 0o600)
     script = """#!/bin/sh
 export PATH=/bin
 busybox mount -t proc proc /proc
@@ -96,8 +90,7 @@ for p in /sys/class/virtio-ports/*; do
 done
 busybox reboot -f
 """
-    ar.add_file("init", script.encode(), 0o755)
-    return ar
+    return minimal_busybox_archive(busybox, script)
 
 
 def busybox_path(arch: Architecture) -> Path:

@@ -84,3 +84,19 @@ def write_initramfs(inputs: InitramfsInputs, out: Path, *, mtime: int | None = N
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+def minimal_busybox_archive(busybox: Path, init: str | None = None) -> Archive:
+    """A bare initramfs: BusyBox as /bin/sh, /dev/console and, unless None, an /init shell script.
+
+    For boot floors and failure tests (no agent, no vz init): the smallest guest that still boots.
+    """
+    ar = Archive()
+    for d in ("bin", "dev", "proc", "sys"):
+        ar.add_dir(d)
+    ar.add_file("bin/busybox", busybox.read_bytes(), 0o755)
+    ar.add_symlink("bin/sh", "busybox")
+    ar.add_char_device("dev/console", 5, 1, 0o600)
+    if init is not None:
+        ar.add_file("init", init.encode(), 0o755)
+    return ar

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from vz_linux.arch import Architecture
-from vz_linux.cpio import Archive
+from vz_linux.initramfs import minimal_busybox_archive
 from vz_linux.profiles import KernelProfile
 
 from .procs import processes_mentioning
@@ -58,17 +58,8 @@ def container_bundle_arm64(built_bundle) -> Path:
     return Path(built_bundle(KernelProfile.container, Architecture.arm64))
 
 
-def busybox_archive(busybox: Path, init: str | None) -> Archive:
-    """A tiny initramfs: BusyBox and, unless None, an /init shell script."""
-    ar = Archive()
-    for d in ("bin", "dev", "proc", "sys"):
-        ar.add_dir(d)
-    ar.add_file("bin/busybox", busybox.read_bytes(), 0o755)
-    ar.add_symlink("bin/sh", "busybox")
-    ar.add_char_device("dev/console", 5, 1, 0o600)
-    if init is not None:
-        ar.add_file("init", init.encode(), 0o755)
-    return ar
+# The one tiny-initramfs builder lives in the library (also used by benchmarks/guests.py).
+busybox_archive = minimal_busybox_archive
 
 
 @pytest.fixture(scope="session")
