@@ -30,11 +30,11 @@ from pathlib import Path
 
 from _timing import report, time_ms  # benchmarks/ is sys.path[0] when run as a script
 
-from vz_linux.agent_build import build_agent
-from vz_linux.agent_client import AgentClient
-from vz_linux.agent_protocol import FrameReader, Msg, Tag, encode_frame
 from vz_linux.arch import Architecture
+from vz_linux.build.agent import build_agent
 from vz_linux.run import spawn
+from vz_linux.vm.agent_client import AgentClient
+from vz_linux.vm.agent_protocol import FrameReader, Msg, Tag, encode_frame
 
 
 def _exec_true(client: AgentClient) -> None:

@@ -26,9 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import guests
 
-from vz_linux.agent_build import build_agent
 from vz_linux.arch import Architecture
-from vz_linux.bench import (
+from vz_linux.build.agent import build_agent
+from vz_linux.layout import cache_root, default_bundle_dir
+from vz_linux.profiles import KernelProfile
+from vz_linux.vm.bench import (
     BenchGuest,
     BenchOptions,
     BootSample,
@@ -38,10 +40,8 @@ from vz_linux.bench import (
     host_info,
     interleave,
 )
-from vz_linux.layout import cache_root, default_bundle_dir
-from vz_linux.profiles import KernelProfile
-from vz_linux.qemu import FAST_CMDLINE
-from vz_linux.vm import LinuxVm, VmConfig
+from vz_linux.vm.linux_vm import LinuxVm, VmConfig
+from vz_linux.vm.qemu import FAST_CMDLINE
 
 
 def floor_boot(guest: BenchGuest, iteration: int, opts: BenchOptions, log: object) -> BootSample:

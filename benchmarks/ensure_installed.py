@@ -30,8 +30,8 @@ from _timing import report, time_ms  # benchmarks/ is sys.path[0] when run as a 
 from tests.foundation.bundles import make_bundle
 
 from vz_linux import KernelProfile, ensure_kernel_profile, layout
-from vz_linux.bundle import validate_bundle
-from vz_linux.resolve import KernelBundleOptions, profile_env_var, resolve
+from vz_linux.bundle.model import validate_bundle
+from vz_linux.bundle.resolve import KernelBundleOptions, profile_env_var, resolve
 
 SIZES = {"vmlinux": 30 << 20, "initramfs.img": 5 << 20, "crun": 5 << 20}
 

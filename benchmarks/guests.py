@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vz_linux.arch import Architecture
-from vz_linux.cpio import Archive
-from vz_linux.initramfs import InitramfsInputs, build_archive, minimal_busybox_archive
+from vz_linux.build.cpio import Archive
+from vz_linux.build.initramfs import InitramfsInputs, build_archive, minimal_busybox_archive
 from vz_linux.layout import cache_root
 from vz_linux.run import run
 
@@ -94,7 +94,7 @@ busybox reboot -f
 
 
 def busybox_path(arch: Architecture) -> Path:
-    from vz_linux.busybox import get_busybox
+    from vz_linux.build.busybox import get_busybox
 
     return get_busybox(arch).path
 

@@ -21,14 +21,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from vz_linux import kernel_cache
 from vz_linux.arch import Architecture
-from vz_linux.build import config_report, configure
-from vz_linux.kernel_build import compile_kernel
+from vz_linux.build import kernel_cache
+from vz_linux.build.kernel import compile_kernel
+from vz_linux.build.pipeline import config_report, configure
+from vz_linux.build.sources import SourceSpec, acquire_source
 from vz_linux.layout import cache_root
 from vz_linux.profiles import KernelProfile
 from vz_linux.run import run
-from vz_linux.sources import SourceSpec, acquire_source
 
 VZ_LINUX = Path(sys.executable).parent / "vz-linux"
 
@@ -59,8 +59,8 @@ def stripped_size(path: Path) -> int:
 def cached_image(profile: KernelProfile, arch: Architecture) -> tuple[Path, dict[str, object]] | None:
     """The cache entry of (profile, arch) for the current fragments, if it was built."""
     report = config_report(profile, arch)
-    from vz_linux.kernel_build import toolchain_info
-    from vz_linux.sources import read_pin
+    from vz_linux.build.kernel import toolchain_info
+    from vz_linux.build.sources import read_pin
 
     key = kernel_cache.cache_key(config_text=report.resolved.config_text,
                                  source_identity=report.resolved.source.identity,

@@ -5,10 +5,10 @@ Usage: .venv/bin/python benchmarks/oci_run.py [--bundle-dir linux/out/container]
 
 Per round (A B C, same machine and load):
 
-* boot_to_agent       — the bundle booted bare (vz_linux.bench.boot_once): QEMU spawned → agent hello;
+* boot_to_agent       — the bundle booted bare (vz_linux.vm.bench.boot_once): QEMU spawned → agent hello;
 * oci_run_cli         — wall time of `vz oci run --rm --kernel-profile container IMAGE -- true`
                         (a fresh process: Python start-up, host prepare, boot, prepare, crun, VM stop);
-* oci_run phases      — the same run in-process (vz_linux.oci.runtime.run_foreground): host_prepare,
+* oci_run phases      — the same run in-process (vz_linux.oci.container.run_foreground): host_prepare,
                         boot_to_agent, guest_prepare (mount shares + overlay), crun_run, vm_stop;
 * container_start     — guest_prepare + crun_run: what a container costs on top of the boot.
 
@@ -33,13 +33,13 @@ sys.path.insert(0, str(REPO))  # tests.oci.conftest (the BusyBox rootfs builder)
 
 from tests.oci.conftest import make_busybox_rootfs  # noqa: E402
 
-from vz_linux.bench import BenchGuest, BenchOptions, boot_once, host_info  # noqa: E402
+from vz_linux.bundle.resolve import ensure_kernel_profile  # noqa: E402
 from vz_linux.layout import cache_root  # noqa: E402
 from vz_linux.oci.config import RuntimeConfig  # noqa: E402
-from vz_linux.oci.runtime import ContainerRequest, run_foreground  # noqa: E402
+from vz_linux.oci.container import ContainerRequest, run_foreground  # noqa: E402
 from vz_linux.profiles import KernelProfile  # noqa: E402
-from vz_linux.resolve import ensure_kernel_profile  # noqa: E402
-from vz_linux.vm import VmConfig  # noqa: E402
+from vz_linux.vm.bench import BenchGuest, BenchOptions, boot_once, host_info  # noqa: E402
+from vz_linux.vm.linux_vm import VmConfig  # noqa: E402
 
 
 def main() -> int:

@@ -17,11 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from vz_linux.agent_build import build_agent
 from vz_linux.arch import Architecture
-from vz_linux.busybox import get_busybox
-from vz_linux.initramfs import InitramfsInputs, write_initramfs
-from vz_linux.oci_runtime import ensure_crun
+from vz_linux.build.agent import build_agent
+from vz_linux.build.busybox import get_busybox
+from vz_linux.build.crun import ensure_crun
+from vz_linux.build.initramfs import InitramfsInputs, write_initramfs
 
 INITRAMFS_AIM = 1_500_000
 

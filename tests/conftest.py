@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from vz_linux.arch import Architecture
-from vz_linux.build import BuildOptions, BuildResult, build_bundle
+from vz_linux.build.pipeline import BuildOptions, BuildResult, build_bundle
 from vz_linux.layout import cache_root
 from vz_linux.profiles import KernelProfile
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from vz_linux import layout
 from vz_linux.arch import Architecture
+from vz_linux.bundle.metadata import BundleMetadata, FileInfo, KernelSourceInfo, OciRuntimeInfo, ToolchainInfo
 from vz_linux.hashing import sha256_file
-from vz_linux.metadata import BundleMetadata, FileInfo, KernelSourceInfo, OciRuntimeInfo, ToolchainInfo
 from vz_linux.profiles import KernelCapability, KernelProfile
 from vz_linux.version import AGENT_PROTOCOL_REVISION, AGENT_VERSION, METADATA_SCHEMA_VERSION
 

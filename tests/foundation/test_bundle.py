@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from vz_linux import layout
-from vz_linux.bundle import load_bundle, validate_bundle
+from vz_linux.bundle.model import load_bundle, validate_bundle
 from vz_linux.errors import (
     AgentVersionMismatchError,
     ChecksumMismatchError,
@@ -165,7 +165,7 @@ def test_seed_bundle_with_youki(tmp_path: Path) -> None:
 
 
 def test_extra_files_listed_in_metadata_are_checked(tmp_path: Path) -> None:
-    from vz_linux.metadata import FileInfo
+    from vz_linux.bundle.metadata import FileInfo
 
     root = tmp_path / "b"
     meta = make_bundle(root)

@@ -13,7 +13,7 @@ from vz_linux.errors import all_error_classes
 from vz_linux.hashing import sha256_file
 
 from .bundles import flip_byte, make_bundle
-from .conftest import PYTHON, VZ_LINUX, clean_env
+from .conftest import VZ_LINUX, clean_env
 
 
 def vz(home: Path, *args: str, env_home: bool = True, **extra: str) -> subprocess.CompletedProcess[str]:
@@ -128,14 +128,3 @@ def test_ensure_errors(tmp_path: Path) -> None:
     assert_one_line_error(vz(home, "install", str(tmp_path / "b"), "--install-dir", str(tmp_path / "f" / "x")),
                           21, "cannot create install dir")
     assert_one_line_error(vz(home, "install", str(tmp_path / "b"), "--profile", "container"), 16)
-
-
-def test_verify_boot_when_boot_stage_unavailable(tmp_path: Path) -> None:
-    """An installation without vz_linux.boot_verify: --boot is one clear error, not a traceback.
-    (sys.modules[name] = None makes that import fail, as if the module were absent.)"""
-    make_bundle(tmp_path / "b")
-    code = ("import sys; sys.modules['vz_linux.boot_verify'] = None\n"
-            "from vz_linux.cli.main import main\n"
-            f"main(['verify', {str(tmp_path / 'b')!r}, '--boot'])\n")
-    r = subprocess.run([PYTHON, "-c", code], env=clean_env(tmp_path), capture_output=True, text=True, timeout=120)
-    assert_one_line_error(r, 1, "boot verification not available")

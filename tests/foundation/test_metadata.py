@@ -11,8 +11,8 @@ import pytest
 
 from vz_linux import layout
 from vz_linux.arch import Architecture
+from vz_linux.bundle.metadata import BundleMetadata, schema_text
 from vz_linux.errors import InvalidMetadataError
-from vz_linux.metadata import BundleMetadata, schema_text
 from vz_linux.profiles import KernelCapability, KernelProfile
 
 from .bundles import make_bundle, make_seed_bundle

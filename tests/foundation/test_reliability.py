@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from vz_linux import KernelProfile, layout
-from vz_linux.bundle import validate_bundle
-from vz_linux.install import TEST_PAUSE_ENV, TEST_PAUSE_STAGE_ENV
+from vz_linux.bundle.install import TEST_PAUSE_ENV, TEST_PAUSE_STAGE_ENV
+from vz_linux.bundle.model import validate_bundle
 
 from .bundles import make_bundle
 from .conftest import PYTHON, clean_env

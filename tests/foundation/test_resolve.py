@@ -17,7 +17,9 @@ from vz_linux import (
     ensure_kernel_profile,
     layout,
 )
-from vz_linux.bundle import validate_bundle
+from vz_linux.bundle.install import read_install_record
+from vz_linux.bundle.model import validate_bundle
+from vz_linux.bundle.resolve import resolve
 from vz_linux.errors import (
     ChecksumMismatchError,
     InstallError,
@@ -28,8 +30,6 @@ from vz_linux.errors import (
     ProfileMismatchError,
     UnsafeBundleError,
 )
-from vz_linux.install import read_install_record
-from vz_linux.resolve import resolve
 
 from .bundles import flip_byte, make_bundle
 from .conftest import PYTHON, clean_env

@@ -11,11 +11,11 @@ from subprocess import Popen
 
 import pytest
 
-from vz_linux.agent_build import build_agent
-from vz_linux.agent_client import AgentClient
-from vz_linux.agent_protocol import Field, Frame, FrameReader, encode_frame
 from vz_linux.arch import Architecture
+from vz_linux.build.agent import build_agent
 from vz_linux.run import spawn
+from vz_linux.vm.agent_client import AgentClient
+from vz_linux.vm.agent_protocol import Field, Frame, FrameReader, encode_frame
 
 
 @pytest.fixture(scope="session")

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from vz_linux import agent_protocol as proto
-from vz_linux.agent_build import agent_source_dir, build_agent, build_fuzzer
 from vz_linux.arch import Architecture
+from vz_linux.build.agent import agent_source_dir, build_agent, build_fuzzer
 from vz_linux.errors import CommandFailedError
 from vz_linux.run import run
 from vz_linux.version import AGENT_PROTOCOL_REVISION, AGENT_VERSION
+from vz_linux.vm import agent_protocol as proto
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from vz_linux.agent_client import AgentClient
-from vz_linux.agent_protocol import HEADER_SIZE
 from vz_linux.errors import AgentError, AgentTimeoutError
 from vz_linux.version import AGENT_PROTOCOL_REVISION
+from vz_linux.vm.agent_client import AgentClient
+from vz_linux.vm.agent_protocol import HEADER_SIZE
 
 from .agent_harness import AgentServer
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from vz_linux.agent_client import AgentClient, AgentHello
-from vz_linux.agent_protocol import Stream
 from vz_linux.capabilities import REGISTRY
 from vz_linux.errors import AgentError
 from vz_linux.profiles import KernelCapability
 from vz_linux.version import AGENT_PROTOCOL_REVISION, AGENT_VERSION
+from vz_linux.vm.agent_client import AgentClient, AgentHello
+from vz_linux.vm.agent_protocol import Stream
 
 from .agent_harness import AgentServer
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vz_linux.agent_protocol import MAX_PAYLOAD, ErrorCode, Msg, Tag, encode_field, encode_frame
+from vz_linux.vm.agent_protocol import MAX_PAYLOAD, ErrorCode, Msg, Tag, encode_field, encode_frame
 
 from .agent_harness import AgentServer, expect_closed, read_frames
 
@@ -160,7 +160,7 @@ def test_stdio_mode(agent_binary: Path) -> None:
                                                                   (Tag.EOF, True)])
     # stdin closes right after the requests: the agent still finishes them, flushes, then exits.
     p = subprocess.run([str(agent_binary), "--stdio"], input=req, capture_output=True, timeout=30)
-    from vz_linux.agent_protocol import FrameReader
+    from vz_linux.vm.agent_protocol import FrameReader
 
     frames = list(FrameReader().feed(p.stdout))
     assert p.returncode == 0

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from vz_linux.agent_protocol import ErrorCode, Frame, FrameReader, Msg, Tag, encode_frame
 from vz_linux.run import spawn
 from vz_linux.version import AGENT_PROTOCOL_REVISION
+from vz_linux.vm.agent_protocol import ErrorCode, Frame, FrameReader, Msg, Tag, encode_frame
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from vz_linux.arch import Architecture
-from vz_linux.busybox import Busybox, get_busybox, upstream_version
+from vz_linux.build.busybox import Busybox, get_busybox, upstream_version
 
 
 def test_upstream_version() -> None:

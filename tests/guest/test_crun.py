@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from vz_linux.arch import Architecture
+from vz_linux.build.crun import PINNED_VERSION, OciRuntime, check_static, ensure_crun, fetch_source, patches
 from vz_linux.errors import BuildError
-from vz_linux.oci_runtime import PINNED_VERSION, OciRuntime, check_static, ensure_crun, fetch_source, patches
 
 pytestmark = pytest.mark.slow  # the first run on a machine builds crun twice (minutes)
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from vz_linux.arch import Architecture
-from vz_linux.busybox import APPLETS, Busybox
-from vz_linux.cpio import DEFAULT_EPOCH, Archive, Entry, EntryKind
+from vz_linux.build.busybox import APPLETS, Busybox
+from vz_linux.build.cpio import DEFAULT_EPOCH, Archive, Entry, EntryKind
+from vz_linux.build.initramfs import InitramfsInputs, write_initramfs
 from vz_linux.errors import BuildError
-from vz_linux.initramfs import InitramfsInputs, write_initramfs
 
 from .userland_fixtures import ARCHES, cpio_listing, extract
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from vz_linux.initramfs import InitramfsInputs, write_initramfs
+from vz_linux.build.initramfs import InitramfsInputs, write_initramfs
 from vz_linux.layout import source_checkout
 
 from .userland_fixtures import extract

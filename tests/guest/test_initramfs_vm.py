@@ -10,7 +10,7 @@ import pytest
 
 from vz_linux.arch import Architecture
 from vz_linux.profiles import KernelProfile
-from vz_linux.vm import LinuxVm, VmConfig, VmShare
+from vz_linux.vm.linux_vm import LinuxVm, VmConfig, VmShare
 
 pytestmark = [pytest.mark.vm, pytest.mark.kernel, pytest.mark.slow]
 

@@ -11,14 +11,14 @@ import pytest
 
 from vz_linux import layout
 from vz_linux.arch import Architecture
-from vz_linux.bundle import validate_bundle
+from vz_linux.build.assemble import assemble_bundle
+from vz_linux.build.crun import OciRuntime
+from vz_linux.build.kernel import KernelInfo, SourceInfo, toolchain_info
+from vz_linux.bundle.metadata import BundleMetadata
+from vz_linux.bundle.model import validate_bundle
 from vz_linux.errors import BuildError, ChecksumMismatchError
 from vz_linux.hashing import sha256_file, sha256_text
-from vz_linux.kernel_build import KernelInfo, SourceInfo, toolchain_info
-from vz_linux.metadata import BundleMetadata
-from vz_linux.oci_runtime import OciRuntime
 from vz_linux.profiles import KernelProfile
-from vz_linux.userland import assemble_bundle
 from vz_linux.version import AGENT_PROTOCOL_REVISION, AGENT_VERSION
 
 from .userland_fixtures import cpio_listing

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from vz_linux.agent_build import build_agent
 from vz_linux.arch import Architecture
-from vz_linux.busybox import Busybox, get_busybox
-from vz_linux.initramfs import InitramfsInputs
-from vz_linux.oci_runtime import OciRuntime, ensure_crun
+from vz_linux.build.agent import build_agent
+from vz_linux.build.busybox import Busybox, get_busybox
+from vz_linux.build.crun import OciRuntime, ensure_crun
+from vz_linux.build.initramfs import InitramfsInputs
 
 ARCHES = (Architecture.x86_64, Architecture.arm64)
 

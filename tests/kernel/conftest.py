@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vz_linux.sources import KernelSource, SourceSpec, acquire_source
+from vz_linux.build.sources import KernelSource, SourceSpec, acquire_source
 
 
 @pytest.fixture(scope="session")

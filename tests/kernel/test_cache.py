@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from vz_linux import kernel_cache
 from vz_linux.arch import Architecture
+from vz_linux.build import kernel_cache
+from vz_linux.build.kernel import CompileProgress, SourceInfo, ToolchainInfo, compile_kernel
+from vz_linux.build.sources import KernelSource
 from vz_linux.errors import BuildError
-from vz_linux.kernel_build import CompileProgress, SourceInfo, ToolchainInfo, compile_kernel
 from vz_linux.profiles import KernelProfile
-from vz_linux.sources import KernelSource
 
 TOOLCHAIN = ToolchainInfo(compiler="gcc (Debian 12.2.0-14) 12.2.0", binutils="GNU ld 2.40", cross_compile="")
 SOURCE = SourceInfo(kind="tarball", version="6.1.7", sha256="a" * 64, origin="/x/linux.tar.xz")

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from vz_linux import kernel_cache
 from vz_linux.arch import Architecture
-from vz_linux.build import BuildOptions, build_bundle
+from vz_linux.build import kernel_cache
+from vz_linux.build.pipeline import BuildOptions, build_bundle
 from vz_linux.dotconfig import parse_dotconfig
 from vz_linux.profiles import KernelProfile
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from vz_linux.arch import Architecture
-from vz_linux.build import configure
+from vz_linux.build.kconfig import fragment_paths, read_allowlist
+from vz_linux.build.pipeline import configure
+from vz_linux.build.sources import KernelSource
 from vz_linux.errors import CapabilityContractError, InvalidConfigError, KconfigCheckError
-from vz_linux.kconfig import fragment_paths, read_allowlist
 from vz_linux.profiles import KernelCapability, KernelProfile
-from vz_linux.sources import KernelSource
 
 pytestmark = [pytest.mark.kernel]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from vz_linux.build.sources import KernelPin, SourceKind, SourceSpec, acquire_source, read_pin
 from vz_linux.errors import KernelSourceError
-from vz_linux.sources import KernelPin, SourceKind, SourceSpec, acquire_source, read_pin
 
 VZ_LINUX = Path(sys.executable).parent / "vz-linux"
 MAKEFILE = "# SPDX\nVERSION = 6\nPATCHLEVEL = 1\nSUBLEVEL = 7\nEXTRAVERSION =\nNAME = test\n"

@@ -12,8 +12,8 @@ from tests.foundation.bundles import make_bundle
 from vz_linux.cli.vz import main as vz_main
 from vz_linux.errors import ChecksumMismatchError, DiskImageError, InvalidConfigError, MissingArtifactsError
 from vz_linux.hashing import sha256_file
-from vz_linux.oci.vm_descriptor import InitRequest, InitStatus, init_vm, verify_descriptor
 from vz_linux.profiles import KernelProfile
+from vz_linux.vm.descriptor import InitRequest, InitStatus, init_vm, verify_descriptor
 
 GIB = 1 << 30
 

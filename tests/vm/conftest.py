@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from vz_linux.arch import Architecture
-from vz_linux.initramfs import minimal_busybox_archive
+from vz_linux.build.initramfs import minimal_busybox_archive
 from vz_linux.profiles import KernelProfile
 
 from .procs import processes_mentioning
@@ -64,7 +64,7 @@ busybox_archive = minimal_busybox_archive
 
 @pytest.fixture(scope="session")
 def host_busybox() -> Path:
-    from vz_linux.busybox import get_busybox
+    from vz_linux.build.busybox import get_busybox
 
     return get_busybox(Architecture.x86_64).path
 

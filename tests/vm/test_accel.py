@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from vz_linux.accel import KVM_DEVICE, AccelChoice, resolve_accel
 from vz_linux.errors import InvalidConfigError
-from vz_linux.qemu import Accel
+from vz_linux.vm.accel import KVM_DEVICE, AccelChoice, resolve_accel
+from vz_linux.vm.qemu import Accel
 
 
 def test_explicit_choices() -> None:
@@ -35,7 +35,7 @@ def test_auto_probes_and_caches_per_host_boot(tmp_path: Path, monkeypatch: pytes
 def test_probe_guest_itself_is_correct() -> None:
     # The same real-mode guest with a 1000-iteration loop finishes even on a crawling KVM: proves the
     # probe code is right, so a timeout of the full probe means KVM is too slow, not a bug.
-    code = ("import vz_linux.accel as a;"
+    code = ("import vz_linux.vm.accel as a;"
             "a._GUEST_CODE = bytes.fromhex('66b9e8030000' '6649' '75fc' 'b042' 'e610' 'f4');"
             "a.kvm_smoke_test()")
     proc = subprocess.run([sys.executable, "-c", code], timeout=120, capture_output=True)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from vz_linux.arch import Architecture
-from vz_linux.boot_verify import verify_boot
-from vz_linux.vm import LinuxVm, VmConfig
+from vz_linux.vm.boot_verify import verify_boot
+from vz_linux.vm.linux_vm import LinuxVm, VmConfig
 
 pytestmark = [pytest.mark.vm, pytest.mark.kernel, pytest.mark.slow]
 

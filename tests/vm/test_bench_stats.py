@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vz_linux.bench import BenchGuest, BenchOptions, BootSample, Summary, interleave, percentile, run_bench
-from vz_linux.vm import VmConfig
+from vz_linux.vm.bench import BenchGuest, BenchOptions, BootSample, Summary, interleave, percentile, run_bench
+from vz_linux.vm.linux_vm import VmConfig
 
 
 def test_nearest_rank_percentiles() -> None:

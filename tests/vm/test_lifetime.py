@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from vz_linux.errors import GuestBootError
-from vz_linux.vm import LinuxVm, VmConfig
+from vz_linux.vm.linux_vm import LinuxVm, VmConfig
 
 from .procs import alive
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vz_linux.arch import Architecture
-from vz_linux.qemu import AGENT_PORT_NAME, Accel, QemuVm, Share, Transport
+from vz_linux.vm.qemu import AGENT_PORT_NAME, Accel, QemuVm, Share, Transport
 
 
 def _opt(argv: list[str], flag: str) -> list[str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from vz_linux.errors import InvalidConfigError
-from vz_linux.virtiofsd import VirtiofsdConfig, virtiofsd
+from vz_linux.vm.virtiofsd import VirtiofsdConfig, virtiofsd
 
 from .procs import alive
 

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from vz_linux.vm import LinuxVm, VmConfig, VmShare
+from vz_linux.vm.linux_vm import LinuxVm, VmConfig, VmShare
 
 
 def main() -> None:

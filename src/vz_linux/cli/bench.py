@@ -10,12 +10,21 @@ import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ..accel import AccelChoice, resolve_accel
 from ..arch import Architecture
-from ..bench import PHASES, BenchGuest, BenchOptions, BootSample, GuestResult, run_bench, to_json, write_json
 from ..layout import cache_root
 from ..profiles import KernelProfile
-from ..vm_source import GuestSource
+from ..vm.accel import AccelChoice, resolve_accel
+from ..vm.bench import (
+    PHASES,
+    BenchGuest,
+    BenchOptions,
+    BootSample,
+    GuestResult,
+    run_bench,
+    to_json,
+    write_json,
+)
+from ..vm.guest_source import GuestSource
 from .common import err_console, out_console, run_cli, setup_logging
 
 _PATH = click.Path(path_type=Path)

@@ -1,4 +1,4 @@
-"""``vz-linux build`` and ``vz-linux config``: thin shims over :mod:`vz_linux.build`."""
+"""``vz-linux build`` and ``vz-linux config``: thin shims over :mod:`vz_linux.build.pipeline`."""
 
 from __future__ import annotations
 
@@ -13,12 +13,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .. import layout
 from ..arch import Architecture
-from ..build import BuildOptions, BuildResult, ConfigReport, StageFn, build_bundle, config_report
-from ..kernel_build import CompileProgress, ProgressFn
+from ..build.kernel import CompileProgress, ProgressFn
+from ..build.pipeline import BuildOptions, BuildResult, ConfigReport, StageFn, build_bundle, config_report
+from ..build.sources import SourceSpec
 from ..profiles import KernelProfile
-from ..sources import SourceSpec
 from .common import err_console, out_console
-from .main import cli
 
 _PROFILES = click.Choice([p.value for p in KernelProfile])
 _ARCHES = click.Choice([a.value for a in Architecture] + ["amd64", "aarch64"])
@@ -87,7 +86,7 @@ def _stage_printer(label: str) -> StageFn:
     return say
 
 
-@cli.command()
+@click.command()
 @click.option("--profile", type=_PROFILES, default=KernelProfile.developer.value, show_default=True)
 @click.option("--all-profiles", is_flag=True, help="Build every profile (then --out is the out root).")
 @click.option("--arch", type=_ARCHES, default=None, help="Guest arch (default: the host's).")
@@ -160,7 +159,7 @@ def _print_report(report: ConfigReport, verbose: bool) -> None:
         out_console.print(f"  contract MISSING {line}", markup=False, soft_wrap=True)
 
 
-@cli.command("config")
+@click.command("config")
 @click.option("--profile", type=_PROFILES, default=None, help="Profile (default: every profile).")
 @click.option("--arch", type=_ARCHES, default=None, help="Guest arch (default: the host's).")
 @click.option("--all-arches", is_flag=True, help="Resolve for every arch.")

@@ -1,8 +1,7 @@
-"""`vz-linux install`, `ensure`, `verify`: thin shims over :mod:`vz_linux.resolve` / `install` / `bundle`."""
+"""`vz-linux install`, `ensure`, `verify`: thin shims over :mod:`vz_linux.bundle.resolve` / `install` / `bundle`."""
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -11,13 +10,13 @@ import click
 from rich.table import Table
 
 from .. import layout
-from ..bundle import KernelBundle, read_metadata, validate_bundle
+from ..bundle.install import install_bundle
+from ..bundle.model import KernelBundle, read_metadata, validate_bundle
+from ..bundle.resolve import KernelBundleOptions, ensure_kernel_bundle, resolve
 from ..errors import VzLinuxError
-from ..install import install_bundle
 from ..profiles import KernelCapability, KernelProfile
-from ..resolve import KernelBundleOptions, ensure_kernel_bundle, resolve
+from ..vm.boot_verify import BootVerification, probe_failure, verify_boot
 from .common import out_console
-from .main import cli
 
 _PATH = click.Path(path_type=Path, file_okay=True, dir_okay=True)
 
@@ -64,7 +63,7 @@ _no_version_check = click.option("--no-version-check", is_flag=True,
 _json = click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 
 
-@cli.command("install")
+@click.command("install")
 @click.argument("bundle_dir", type=_PATH)
 @click.option("--install-dir", type=_PATH, help="Default: ~/.vz/linux/<the bundle's profile>/.")
 @click.option("--profile", help="Refuse the bundle unless it is this profile.")
@@ -86,7 +85,7 @@ def install_cmd(bundle_dir: Path, install_dir: Path | None, profile: str | None,
         _show(bundle, f"installed {bundle_dir} → {bundle.root}")
 
 
-@cli.command("ensure")
+@click.command("ensure")
 @click.option("--profile", default=KernelProfile.developer.value, show_default=True,
               help=f"One of: {', '.join(p.value for p in KernelProfile)}.")
 @_require
@@ -114,32 +113,18 @@ def ensure_cmd(profile: str, require: tuple[str, ...], install_dir: Path | None,
         _show(bundle, f"{bundle.profile.value} bundle at {bundle.root}, {where}")
 
 
-def _verify_boot(bundle: KernelBundle) -> Any:
-    try:
-        module = importlib.import_module("vz_linux.boot_verify")
-        verify_boot = module.verify_boot
-    except (ImportError, AttributeError):
-        raise VzLinuxError(
-            "boot verification not available (vz_linux.boot_verify is missing in this installation)",
-            hint="run verify without --boot",
-        ) from None
-    # check=False: print the whole table first, then fail with one line (below).
-    return verify_boot(bundle, check=False)
+def probe_table(result: BootVerification) -> Table:
+    """capability, declared, probe result, evidence: one row per capability probed."""
+    table = Table(title=f"live capability probes: {result.kernel_release} ({result.accel})")
+    for col in ("capability", "declared", "probe", "evidence"):
+        table.add_column(col)
+    for r in result.rows:
+        outcome = "[green]pass[/]" if r.passed else ("[red]FAIL[/]" if r.declared else "absent")
+        table.add_row(r.capability.value, "yes" if r.declared else "no", outcome, r.evidence)
+    return table
 
 
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "to_json") and callable(value.to_json):
-        return value.to_json()
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    try:
-        json.dumps(value)
-        return value
-    except TypeError:
-        return str(value)
-
-
-@cli.command("verify")
+@click.command("verify")
 @click.argument("bundle_dir", type=_PATH)
 @click.option("--profile", help="Refuse the bundle unless it is this profile.")
 @_require
@@ -152,24 +137,22 @@ def verify_cmd(bundle_dir: Path, profile: str | None, require: tuple[str, ...], 
     try:
         bundle = validate_bundle(bundle_dir, profile=_profile(profile), required_capabilities=_capabilities(require),
                                  require_exact_agent_version=not no_version_check)
-        boot_result = _verify_boot(bundle) if boot else None
+        # check=False: print the whole table first, then fail with one line (below).
+        boot_result = verify_boot(bundle, check=False) if boot else None
     except VzLinuxError as e:
         if as_json:
             _print_json({"ok": False, "error": type(e).__name__, "exit_code": e.exit_code, "message": e.one_line(),
                          "root": str(bundle_dir)})
         raise
-    boot_ok = boot_result is None or bool(getattr(boot_result, "ok", True))
+    boot_ok = boot_result is None or boot_result.ok
     if as_json:
         data = {"ok": boot_ok, **bundle.summary()}
-        if boot:
-            data["boot"] = _jsonable(boot_result)
+        if boot_result is not None:
+            data["boot"] = boot_result.to_json()
         _print_json(data)
     else:
         _show(bundle, f"verified {bundle.root}: every checksum matches")
-        if boot:
-            table = getattr(boot_result, "table", None)
-            out_console.print(table() if callable(table) else f"boot verification: {boot_result}")
+        if boot_result is not None:
+            out_console.print(probe_table(boot_result))
     if boot_result is not None and not boot_ok:
-        from ..boot_verify import probe_failure
-
         raise probe_failure(boot_result)

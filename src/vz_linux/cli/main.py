@@ -1,4 +1,4 @@
-"""``vz-linux``: build, inspect, install, verify and run guest-kernel bundles."""
+"""``vz-linux``: the root command; each stage's commands live in their own module and are added here."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from typing import NoReturn
 
 import click
 
+from . import build_cmds, bundle_cmds, run_cmds
 from .common import run_cli, setup_logging
 
 
@@ -17,11 +18,10 @@ def cli(verbose: bool) -> None:
     setup_logging(verbose)
 
 
-def _register() -> None:
-    # Each stage owns its commands in its own module; importing registers them on `cli`.
-    from . import build_cmds, bundle_cmds, run_cmds  # noqa: F401
+for _command in (build_cmds.build, build_cmds.config_cmd, bundle_cmds.install_cmd, bundle_cmds.ensure_cmd,
+                 bundle_cmds.verify_cmd, run_cmds.run_cmd):
+    cli.add_command(_command)
 
 
 def main(args: list[str] | None = None) -> NoReturn:
-    _register()
     run_cli(cli, "vz-linux", args)

@@ -7,14 +7,13 @@ from pathlib import Path
 
 import click
 
-from ..accel import AccelChoice
 from ..arch import Architecture
 from ..errors import AgentError
 from ..profiles import KernelProfile
-from ..vm import LinuxVm
-from ..vm_source import GuestSource
+from ..vm.accel import AccelChoice
+from ..vm.guest_source import GuestSource
+from ..vm.linux_vm import LinuxVm
 from .common import err_console
-from .main import cli
 
 _PATH = click.Path(path_type=Path)
 EXIT_SIGNALLED_BASE = 128  # a command killed by signal N exits 128+N, like a shell
@@ -37,7 +36,7 @@ def run_in_guest(vm: LinuxVm, argv: list[str], timeout: float | None) -> int:
     return result.exit_code if result.exit_code is not None else 1
 
 
-@cli.command("run", context_settings={"ignore_unknown_options": False})
+@click.command("run", context_settings={"ignore_unknown_options": False})
 @click.option("--profile", type=click.Choice([p.value for p in KernelProfile]), default=None,
               help="Boot the installed bundle of this profile (selection API).")
 @click.option("--bundle-dir", type=_PATH, help="Boot this bundle directory instead.")

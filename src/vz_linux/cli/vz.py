@@ -88,7 +88,7 @@ def _command(command: tuple[str, ...]) -> tuple[str, ...]:
 
 def _request(image: str, command: tuple[str, ...], env: tuple[str, ...], workdir: str | None,
              volumes: tuple[str, ...], name: str | None) -> Any:
-    from ..oci.runtime import ContainerRequest
+    from ..oci.container import ContainerRequest
     from ..oci.spec import Volume, parse_env
 
     return ContainerRequest(image=image, command=_command(command), env=parse_env(env), workdir=workdir,
@@ -102,7 +102,7 @@ def run(remove: bool, profile: str | None, name: str | None, env: tuple[str, ...
         volumes: tuple[str, ...], net: bool, cpus: int, memory: int, exec_timeout: float | None,
         data_dir: Path | None, image: str, command: tuple[str, ...]) -> int:
     """Run CMD in a container from IMAGE; exit with its exit code."""
-    from ..oci.runtime import run_foreground
+    from ..oci.container import run_foreground
 
     cfg = _config(data_dir, profile, net, cpus, memory, exec_timeout)
     req = _request(image, command, env, workdir, volumes, name)
@@ -237,7 +237,7 @@ def linux() -> None:
 def init(name: str, output_dir: Path | None, disk_size_gb: int | None, profile: str | None,
          kernel: Path | None, initramfs: Path | None, version_json: Path | None, force: bool) -> int:
     """Validate the kernel artifacts, create the disk image and write NAME.linux.json."""
-    from ..oci.vm_descriptor import InitRequest, init_vm
+    from ..vm.descriptor import InitRequest, init_vm
 
     result = init_vm(InitRequest(
         name=name, output_dir=output_dir, disk_size_gb=disk_size_gb,

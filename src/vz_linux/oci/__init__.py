@@ -1,12 +1,12 @@
-"""OCI containers in micro-VMs (SPEC §7): ``vz oci …`` and ``vz vm linux init``.
+"""OCI containers in micro-VMs: ``vz oci …``.
 
-Modules, one job each: :mod:`.config` (``RuntimeConfig``, kernel resolution), :mod:`.image`
-(rootfs directory or OCI image layout → rootfs), :mod:`.spec` (runtime-spec ``config.json``),
-:mod:`.guest` (what runs inside the VM), :mod:`.runtime` (run/create/start/exec/stop over a VM),
-:mod:`.supervisor` (the per-container process that keeps a VM alive between CLI invocations),
-:mod:`.state` (container records under the data dir), :mod:`.vm_descriptor` (``N.linux.json``).
+``config`` (``RuntimeConfig``), ``image`` (rootfs directory or OCI image layout → rootfs),
+``spec`` (runtime-spec ``config.json``), ``guest`` (what runs inside the VM), ``container``
+(run/create/start/exec/stop over a VM), ``supervisor`` (the per-container process that keeps a VM
+alive between CLI invocations), ``state`` (container records under the data dir) and
+``lifecycle`` (the commands over records and supervisors).
 """
 
-from .config import RuntimeConfig
+from __future__ import annotations
 
-__all__ = ["RuntimeConfig"]
+from .config import RuntimeConfig as RuntimeConfig

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import layout
-from ..errors import InvalidConfigError, MissingArtifactsError
+from ..bundle.resolve import ensure_installed_profile
+from ..errors import InvalidConfigError
 from ..profiles import KernelProfile
 
 if TYPE_CHECKING:
-    from ..bundle import KernelBundle
+    from ..bundle.model import KernelBundle
 
 AGENT_READY_TIMEOUT_ENV = "VZ_AGENT_READY_TIMEOUT_SECS"
 DATA_DIR_ENV = "VZ_OCI_DATA_DIR"
@@ -36,14 +36,6 @@ def agent_ready_timeout_from_env() -> float:
     if value <= 0:
         raise InvalidConfigError(f"{AGENT_READY_TIMEOUT_ENV}={raw!r} must be positive")
     return value
-
-
-def install_hint(profile: KernelProfile) -> str:
-    """How to get a profile's bundle installed (shown when it is missing)."""
-    out = layout.default_bundle_dir(profile)
-    with contextlib.suppress(ValueError):
-        out = out.relative_to(Path.cwd())
-    return f"install it with: vz-linux build --profile {profile.value} && vz-linux install {out}"
 
 
 @dataclass(frozen=True)
@@ -75,15 +67,5 @@ class RuntimeConfig:
         return self.data_dir / "images"
 
     def resolve_kernel(self) -> KernelBundle:
-        """The validated, installed bundle this config boots (SPEC §4 resolution)."""
-        from ..resolve import ensure_kernel, ensure_kernel_profile
-
-        profile = self.linux_profile or KernelProfile.developer
-        try:
-            if self.linux_profile is not None:
-                return ensure_kernel_profile(self.linux_profile)
-            return ensure_kernel()
-        except MissingArtifactsError as e:
-            raise MissingArtifactsError(
-                f"the {profile.value} kernel profile is not installed: {e}", hint=install_hint(profile)
-            ) from e
+        """The validated, installed bundle this config boots (docs/selection.md)."""
+        return ensure_installed_profile(self.linux_profile)

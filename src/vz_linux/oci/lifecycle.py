@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import ContainerStateError, OciError
 from . import supervisor
 from .config import RuntimeConfig
-from .runtime import ContainerRequest, Sink, prepare_container, store_for
+from .container import ContainerRequest, Sink, prepare_container, store_for
 from .spec import parse_env
 from .state import LIVE, STDERR_LOG, STDOUT_LOG, SUPERVISOR_LOG, ContainerState, Status, now, read_log
 

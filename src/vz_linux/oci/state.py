@@ -23,8 +23,8 @@ from typing import Any
 
 from filelock import FileLock
 
+from ..bundle.metadata import write_atomic
 from ..errors import ContainerStateError, InvalidConfigError
-from ..metadata import write_atomic
 from .spec import Volume
 
 STATE_FILE = "state.json"

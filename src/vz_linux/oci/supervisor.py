@@ -29,7 +29,7 @@ from typing import Any
 from ..errors import ContainerStateError, OciError, VzLinuxError
 from ..profiles import KernelProfile
 from .config import RuntimeConfig
-from .runtime import ContainerVm
+from .container import ContainerVm
 from .spec import merge_env
 from .state import SUPERVISOR_LOG, SUPERVISOR_SOCKET, ContainerStore, Status, now, process_start_time
 

@@ -22,12 +22,12 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from .errors import KernelSourceError
-from .fsutil import write_atomic
-from .hashing import sha256_file
-from .kernel_build import SourceInfo
-from .layout import cache_root, source_checkout
-from .run import run
+from ..errors import KernelSourceError
+from ..fsutil import write_atomic
+from ..hashing import sha256_file
+from ..layout import cache_root, source_checkout
+from ..run import run
+from .kernel import SourceInfo
 
 _PIN_LINE = re.compile(r"^\s*([A-Z_]+)\s*:?=\s*(.*?)\s*$")
 _MARKER = ".vz-linux-source.json"

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import layout
+from ..bundle.metadata import BundleMetadata, write_atomic
+from ..bundle.resolve import ensure_installed_profile
 from ..errors import ChecksumMismatchError, DiskImageError, InvalidConfigError, MissingArtifactsError
 from ..hashing import sha256_file
-from ..metadata import BundleMetadata, write_atomic
 from ..profiles import KernelProfile
-from .config import RuntimeConfig, install_hint
 
 DESCRIPTOR_SCHEMA_VERSION = 1
 DESCRIPTOR_SUFFIX = ".linux.json"
@@ -110,7 +110,7 @@ def explicit_artifacts(kernel: Path, initramfs: Path, version_json: Path,
 
 
 def installed_artifacts(profile: KernelProfile | None) -> Artifacts:
-    bundle = RuntimeConfig(linux_profile=profile).resolve_kernel()
+    bundle = ensure_installed_profile(profile)
     return Artifacts(bundle.kernel.resolve(), bundle.initramfs.resolve(),
                      bundle.version_json.resolve(), bundle.metadata)
 
@@ -240,4 +240,4 @@ def init_vm(req: InitRequest) -> InitResult:
     return InitResult(status, desc_path, descriptor)
 
 
-__all__ = ["InitRequest", "InitResult", "InitStatus", "init_vm", "install_hint", "verify_descriptor"]
+__all__ = ["InitRequest", "InitResult", "InitStatus", "init_vm", "verify_descriptor"]

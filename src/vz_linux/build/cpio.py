@@ -15,7 +15,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from .errors import BuildError
+from ..errors import BuildError
 
 # 2024-01-01T00:00:00Z: used when SOURCE_DATE_EPOCH is unset, so builds never depend on the clock.
 DEFAULT_EPOCH = 1_704_067_200

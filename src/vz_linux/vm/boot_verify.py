@@ -7,18 +7,17 @@ capability whose probe fails makes the verification fail.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..bundle.model import KernelBundle, load_bundle
+from ..capabilities import REGISTRY
+from ..errors import CapabilityProbeError
+from ..profiles import KernelCapability
 from .accel import AccelChoice
-from .bundle import KernelBundle, load_bundle
-from .capabilities import REGISTRY
-from .errors import CapabilityProbeError
-from .profiles import KernelCapability
-from .vm import LinuxVm, VmConfig
+from .linux_vm import LinuxVm, VmConfig
 
 PROBE_TIMEOUT = 20.0
 
@@ -53,25 +52,6 @@ class BootVerification:
     @property
     def failed(self) -> list[ProbeRow]:
         return [r for r in self.rows if not r.ok]
-
-    def table(self) -> Any:
-        """A :class:`rich.table.Table` (capability, declared, probe result, evidence)."""
-        from rich.table import Table
-
-        t = Table(title=f"live capability probes: {self.kernel_release} ({self.accel})")
-        for col in ("capability", "declared", "probe", "evidence"):
-            t.add_column(col)
-        for r in self.rows:
-            result = "[green]pass[/]" if r.passed else ("[red]FAIL[/]" if r.declared else "absent")
-            t.add_row(r.capability.value, "yes" if r.declared else "no", result, r.evidence)
-        return t
-
-    def __str__(self) -> str:
-        from rich.console import Console
-
-        buf = io.StringIO()
-        Console(file=buf, width=120, no_color=True, highlight=False).print(self.table())
-        return buf.getvalue().rstrip("\n")
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "kernel_release": self.kernel_release, "accel": self.accel,

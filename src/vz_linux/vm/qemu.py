@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .arch import Architecture
+from ..arch import Architecture
 
 AGENT_PORT_NAME = "org.vz.agent.0"
 VHOST_VSOCK_DEVICE = Path("/dev/vhost-vsock")

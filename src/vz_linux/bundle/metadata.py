@@ -28,14 +28,14 @@ from pydantic import (
     model_validator,
 )
 
-from . import layout
-from .arch import Architecture
-from .errors import InvalidMetadataError
-from .fsutil import fsync_dir as fsync_dir
-from .fsutil import write_atomic as write_atomic
-from .hashing import sha256_file
-from .profiles import KernelCapability, KernelProfile
-from .version import METADATA_SCHEMA_VERSION
+from .. import layout
+from ..arch import Architecture
+from ..errors import InvalidMetadataError
+from ..fsutil import fsync_dir as fsync_dir
+from ..fsutil import write_atomic as write_atomic
+from ..hashing import sha256_file
+from ..profiles import KernelCapability, KernelProfile
+from ..version import METADATA_SCHEMA_VERSION
 
 Sha256 = Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{64}$", description="lowercase hex sha256")]
 # A bundle file name recorded in metadata: a plain name inside the bundle dir, never a path, so a

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
+from ..errors import AgentError, AgentTimeoutError
 from .agent_protocol import (
     FILE_LIMIT,
     MAX_PAYLOAD,
@@ -37,7 +38,6 @@ from .agent_protocol import (
     Tag,
     encode_frame,
 )
-from .errors import AgentError, AgentTimeoutError
 
 DEFAULT_TIMEOUT = 10.0
 # After the agent's own exec timeout fires, how long we still wait for its EXIT report.

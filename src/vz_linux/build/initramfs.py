@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import BuildError
+from ..layout import source_checkout
 from .busybox import APPLETS
 from .cpio import Archive
-from .errors import BuildError
-from .layout import source_checkout
 
 AGENT_PATH = "sbin/vz-agent"
 BUSYBOX_PATH = "bin/busybox"

@@ -17,15 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import layout
-from .agent_build import build_agent
-from .arch import Architecture
-from .busybox import get_busybox
-from .cpio import source_date_epoch
-from .errors import BuildError
-from .initramfs import InitramfsInputs, write_initramfs
-from .install import swap_in
-from .metadata import (
+from .. import layout
+from ..arch import Architecture
+from ..bundle.install import swap_in
+from ..bundle.metadata import (
     BundleMetadata,
     FileInfo,
     KernelSourceInfo,
@@ -33,14 +28,19 @@ from .metadata import (
     ToolchainInfo,
     fsync_dir,
 )
-from .oci_runtime import ensure_crun
-from .profiles import KernelProfile
-from .version import AGENT_PROTOCOL_REVISION, AGENT_VERSION, METADATA_SCHEMA_VERSION
+from ..errors import BuildError
+from ..profiles import KernelProfile
+from ..version import AGENT_PROTOCOL_REVISION, AGENT_VERSION, METADATA_SCHEMA_VERSION
+from .agent import build_agent
+from .busybox import get_busybox
+from .cpio import source_date_epoch
+from .crun import ensure_crun
+from .initramfs import InitramfsInputs, write_initramfs
 
 if TYPE_CHECKING:
-    from .kernel_build import KernelInfo
+    from .kernel import KernelInfo
 
-log = logging.getLogger("vz_linux.userland")
+log = logging.getLogger("vz_linux.build.assemble")
 
 
 def build_time() -> str:

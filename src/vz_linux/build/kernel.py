@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 
 from filelock import FileLock
 
-from .arch import Architecture
-from .dotconfig import parse_dotconfig
-from .errors import BuildError
-from .layout import cache_root
-from .profiles import KernelCapability, KernelProfile
-from .run import quote, run, spawn
+from ..arch import Architecture
+from ..dotconfig import parse_dotconfig
+from ..errors import BuildError
+from ..layout import cache_root
+from ..profiles import KernelCapability, KernelProfile
+from ..run import quote, run, spawn
 
 if TYPE_CHECKING:
     from .sources import KernelSource
@@ -136,7 +136,7 @@ def compile_kernel(
     Runs ``make -j<all cores> <vmlinux|Image>``; every line goes to ``<builddir>/build.log``;
     a failure raises :class:`BuildError` carrying the log's tail.
     """
-    from .fsutil import write_text_if_changed
+    from ..fsutil import write_text_if_changed
     from .kconfig import make_argv
 
     builddir = builddir or build_dir(profile, arch)

@@ -39,18 +39,12 @@ from pathlib import Path
 import filelock
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
-from . import layout
-from .bundle import (
-    KernelBundle,
-    bundle_from_metadata,
-    check_regular,
-    check_selection,
-    validate_bundle,
-)
-from .errors import ChecksumMismatchError, InstallError, InvalidMetadataError, MissingArtifactsError
-from .hashing import sha256_bytes
+from .. import layout
+from ..errors import ChecksumMismatchError, InstallError, InvalidMetadataError, MissingArtifactsError
+from ..hashing import sha256_bytes
+from ..profiles import KernelCapability, KernelProfile
 from .metadata import BundleMetadata, fsync_dir, write_atomic
-from .profiles import KernelCapability, KernelProfile
+from .model import KernelBundle, bundle_from_metadata, check_regular, check_selection, validate_bundle
 
 LOCK_TIMEOUT_S = 600.0
 _CHUNK = 1 << 20
@@ -401,7 +395,7 @@ def install_bundle(
     """Validate ``source`` and install it into ``install_dir`` unless an identical intact install is there.
 
     Safe to call from many processes at once: they serialise on the install lock and all return
-    the same installed bundle. Raises the typed errors of :mod:`vz_linux.bundle` for a bad
+    the same installed bundle. Raises the typed errors of :mod:`vz_linux.bundle.model` for a bad
     source (nothing is installed then) and :class:`InstallError` for an unwritable target.
     """
     source, install_dir = Path(source), Path(install_dir)

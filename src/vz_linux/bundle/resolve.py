@@ -16,16 +16,17 @@ installed files are validated and returned; the developer profile falls back to 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import layout
-from .bundle import KernelBundle
-from .errors import MissingArtifactsError, NoHomeDirectoryError
+from .. import layout
+from ..errors import MissingArtifactsError, NoHomeDirectoryError
+from ..profiles import KernelCapability, KernelProfile
 from .install import install_bundle, load_installed
-from .profiles import KernelCapability, KernelProfile
+from .model import KernelBundle
 
 ENV_BUNDLE_DIR = "VZ_LINUX_BUNDLE_DIR"
 
@@ -139,3 +140,23 @@ def ensure_kernel_profile(profile: KernelProfile | str) -> KernelBundle:
 def ensure_kernel() -> KernelBundle:
     """The default (developer) bundle."""
     return ensure_kernel_bundle(KernelBundleOptions())
+
+
+def install_hint(profile: KernelProfile) -> str:
+    """How to get a profile's bundle installed (shown when it is missing)."""
+    out = layout.default_bundle_dir(profile)
+    with contextlib.suppress(ValueError):
+        out = out.relative_to(Path.cwd())
+    return f"install it with: vz-linux build --profile {profile.value} && vz-linux install {out}"
+
+
+def ensure_installed_profile(profile: KernelProfile | None) -> KernelBundle:
+    """The validated, installed bundle of ``profile`` (None: the default), or a MissingArtifactsError
+    that says how to install it: what the OCI path and ``vz vm linux init`` boot."""
+    chosen = profile or KernelProfile.developer
+    try:
+        return ensure_kernel_profile(profile) if profile is not None else ensure_kernel()
+    except MissingArtifactsError as e:
+        raise MissingArtifactsError(
+            f"the {chosen.value} kernel profile is not installed: {e}", hint=install_hint(chosen)
+        ) from e

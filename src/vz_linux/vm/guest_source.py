@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .arch import Architecture
-from .bundle import KernelBundle, validate_bundle
-from .errors import InvalidConfigError
-from .layout import default_bundle_dir
-from .profiles import KernelProfile
-from .resolve import KernelBundleOptions, ensure_kernel_bundle
-from .vm import VmConfig
+from ..arch import Architecture
+from ..bundle.model import KernelBundle, validate_bundle
+from ..bundle.resolve import KernelBundleOptions, ensure_kernel_bundle
+from ..errors import InvalidConfigError
+from ..layout import default_bundle_dir
+from ..profiles import KernelProfile
+from .linux_vm import VmConfig
 
 
 @dataclass(frozen=True)

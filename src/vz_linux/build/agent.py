@@ -13,12 +13,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .arch import Architecture
-from .errors import BuildError
-from .hashing import sha256_file
-from .layout import cache_root, source_checkout
-from .run import run
-from .version import AGENT_PROTOCOL_REVISION, AGENT_VERSION
+from ..arch import Architecture
+from ..errors import BuildError
+from ..hashing import sha256_file
+from ..layout import cache_root, source_checkout
+from ..run import run
+from ..version import AGENT_PROTOCOL_REVISION, AGENT_VERSION
 
 AGENT_BINARY = "vz-agent"
 FUZZER_BINARY = "fuzz_decoder"

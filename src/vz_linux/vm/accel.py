@@ -23,11 +23,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InvalidConfigError, VmError
-from .layout import cache_root
+from ..errors import InvalidConfigError, VmError
+from ..layout import cache_root
 from .qemu import Accel
 
-log = logging.getLogger("vz_linux.accel")
+log = logging.getLogger("vz_linux.vm.accel")
 
 KVM_DEVICE = Path("/dev/kvm")
 PROBE_DEADLINE_SECS = 5.0
@@ -84,7 +84,7 @@ def _cache_file() -> Path:
 def kvm_smoke_test() -> None:
     """Run the tiny guest through the KVM API in *this* process; raise OSError/RuntimeError on failure.
 
-    Called in a child process (``python -m vz_linux.accel``) so a hang can be killed.
+    Called in a child process (``python -m vz_linux.vm.accel``) so a hang can be killed.
     """
     libc = ctypes.CDLL(None, use_errno=True)
     kvm = os.open(KVM_DEVICE, os.O_RDWR | os.O_CLOEXEC)
@@ -130,9 +130,9 @@ def probe_kvm(deadline: float = PROBE_DEADLINE_SECS) -> AccelVerdict:
         return AccelVerdict(Accel.tcg, "no /dev/kvm: using TCG")
     if not os.access(KVM_DEVICE, os.R_OK | os.W_OK):
         return AccelVerdict(Accel.tcg, "/dev/kvm is not accessible: using TCG")
-    from .run import spawn
+    from ..run import spawn
 
-    with spawn([sys.executable, "-m", "vz_linux.accel"], stderr=subprocess.PIPE) as proc:
+    with spawn([sys.executable, "-m", "vz_linux.vm.accel"], stderr=subprocess.PIPE) as proc:
         try:
             _, err = proc.communicate(timeout=deadline)
         except subprocess.TimeoutExpired:

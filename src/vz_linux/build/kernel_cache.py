@@ -15,10 +15,10 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .arch import Architecture
-from .hashing import sha256_file, sha256_text
-from .kernel_build import SourceInfo, ToolchainInfo
-from .layout import cache_root
+from ..arch import Architecture
+from ..hashing import sha256_file, sha256_text
+from ..layout import cache_root
+from .kernel import SourceInfo, ToolchainInfo
 
 _META = "kernel.json"
 _CONFIG = "config"

@@ -25,14 +25,14 @@ from typing import IO, Any
 
 from filelock import FileLock
 
-from .arch import Architecture
-from .dotconfig import ConfigLine, parse_dotconfig, parse_lines
-from .errors import InvalidConfigError, KconfigCheckError
-from .fsutil import write_text_if_changed
-from .hashing import sha256_text
-from .layout import cache_root, source_checkout
-from .profiles import KernelProfile
-from .run import run
+from ..arch import Architecture
+from ..dotconfig import ConfigLine, parse_dotconfig, parse_lines
+from ..errors import InvalidConfigError, KconfigCheckError
+from ..fsutil import write_text_if_changed
+from ..hashing import sha256_text
+from ..layout import cache_root, source_checkout
+from ..profiles import KernelProfile
+from ..run import run
 from .sources import KernelSource
 
 
@@ -186,7 +186,7 @@ def _memo_path(source: KernelSource, profile: KernelProfile, arch: Architecture,
     """Where the resolved .config of these exact inputs is kept. The key covers the source, the
     baseline, the fragments' text in merge order, the toolchain (Kconfig probes the compiler)
     and the host tools Kconfig asks about (pahole, rustc)."""
-    from .kernel_build import toolchain_info
+    from .kernel import toolchain_info
 
     blob = json.dumps({
         "memo_schema": 1,

@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import AgentError, InvalidConfigError
-from .vm import LinuxVm, VmConfig
+from ..errors import AgentError, InvalidConfigError
+from .linux_vm import LinuxVm, VmConfig
 
 GUEST_LOG_COMMAND = "dmesg | tail -n 120"
 RUN_INIT = re.compile(r"^\[\s*(\d+\.\d+)\]\s+Run (\S+) as init process", re.M)

@@ -3,7 +3,7 @@
 Host side (no VM): resolve the image, check the command exists in it (exit 127 before any boot),
 validate volumes, resolve the kernel bundle of the chosen profile, and write the container dir
 (``config.json``, the bundle's ``crun``, ``state.json``). Guest side (:class:`ContainerVm`): boot a
-:class:`~vz_linux.vm.LinuxVm` with the image, the container dir and every volume as virtiofs
+:class:`~vz_linux.vm.linux_vm.LinuxVm` with the image, the container dir and every volume as virtiofs
 shares, run :func:`.guest.prepare_script` once, then ``crun run``/``exec``/``kill`` through the
 agent with output streamed back.
 """
@@ -36,8 +36,8 @@ from .state import (
 )
 
 if TYPE_CHECKING:
-    from ..bundle import KernelBundle
-    from ..vm import LinuxVm, VmConfig
+    from ..bundle.model import KernelBundle
+    from ..vm.linux_vm import LinuxVm, VmConfig
 
 Sink = Callable[[bytes], None]
 _TAIL = 4096
@@ -130,7 +130,7 @@ class ContainerVm:
         self.timings: dict[str, float] = {}
 
     def vm_config(self) -> VmConfig:
-        from ..vm import VmConfig, VmShare
+        from ..vm.linux_vm import VmConfig, VmShare
 
         shares = [VmShare(guest.IMAGE_TAG, Path(self.state.rootfs)), VmShare(guest.CTL_TAG, self.cdir)]
         shares += [VmShare(guest.volume_tag(i), v.source) for i, v in enumerate(self.state.volumes)]
@@ -145,7 +145,7 @@ class ContainerVm:
         )
 
     def __enter__(self) -> ContainerVm:
-        from ..vm import LinuxVm
+        from ..vm.linux_vm import LinuxVm
 
         try:
             t0 = time.monotonic()
@@ -171,7 +171,7 @@ class ContainerVm:
 
     def _exec(self, argv: Sequence[str], on_stdout: Sink, on_stderr: Sink,
               timeout: float | None = None) -> int:
-        from ..agent_protocol import Stream
+        from ..vm.agent_protocol import Stream
 
         stream = self.vm.exec_stream(list(argv), timeout=timeout)
         for chunk in stream:

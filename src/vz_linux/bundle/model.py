@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import layout
-from .errors import (
+from .. import layout
+from ..errors import (
     AgentVersionMismatchError,
     ChecksumMismatchError,
     MissingArtifactsError,
@@ -27,10 +27,10 @@ from .errors import (
     ProtocolRevisionMissingError,
     UnsafeBundleError,
 )
-from .hashing import sha256_file
+from ..hashing import sha256_file
+from ..profiles import KernelCapability, KernelProfile
+from ..version import AGENT_PROTOCOL_REVISION, AGENT_VERSION
 from .metadata import BundleMetadata
-from .profiles import KernelCapability, KernelProfile
-from .version import AGENT_PROTOCOL_REVISION, AGENT_VERSION
 
 _REBUILD = "rebuild it with `vz-linux build` or reinstall it with `vz-linux install DIR`"
 

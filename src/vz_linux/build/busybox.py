@@ -13,10 +13,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .arch import Architecture
-from .errors import BuildError
-from .layout import cache_root
-from .run import run
+from ..arch import Architecture
+from ..errors import BuildError
+from ..layout import cache_root
+from ..run import run
 
 PACKAGE = "busybox-static"
 INSTALLED_BINARY = Path("/bin/busybox")

@@ -26,11 +26,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .arch import Architecture
-from .errors import BuildError, CommandFailedError
-from .hashing import sha256_file, sha256_text
-from .layout import cache_root, source_checkout
-from .run import run
+from ..arch import Architecture
+from ..errors import BuildError, CommandFailedError
+from ..hashing import sha256_file, sha256_text
+from ..layout import cache_root, source_checkout
+from ..run import run
 
 NAME = "crun"
 PINNED_VERSION = "1.8.1-1+deb12u1"  # bookworm's crun source package

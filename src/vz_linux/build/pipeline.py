@@ -15,15 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import kernel_cache, layout
-from .arch import Architecture
-from .capabilities import derive_capabilities, explain_missing
-from .errors import BuildError, CapabilityContractError
-from .hashing import sha256_text
+from .. import layout
+from ..arch import Architecture
+from ..bundle.metadata import BundleMetadata
+from ..capabilities import derive_capabilities, explain_missing
+from ..errors import BuildError, CapabilityContractError
+from ..hashing import sha256_text
+from ..profiles import KernelCapability, KernelProfile
+from . import kernel_cache
 from .kconfig import ResolvedConfig, resolve_config
-from .kernel_build import KernelInfo, ProgressFn, compile_kernel, toolchain_info
-from .metadata import BundleMetadata
-from .profiles import KernelCapability, KernelProfile
+from .kernel import KernelInfo, ProgressFn, compile_kernel, toolchain_info
 from .sources import KernelPin, KernelSource, SourceSpec, acquire_source, read_pin
 
 StageFn = Callable[[str], None]
@@ -177,7 +178,7 @@ def build_bundle(options: BuildOptions) -> BuildResult:
     if options.kernel_only:
         _write_kernel_only(bundle_dir, kernel)
     else:
-        from .userland import assemble_bundle
+        from .assemble import assemble_bundle
 
         _stage(options, "userland: agent, busybox, crun, initramfs, version.json")
         metadata = assemble_bundle(out_dir=bundle_dir, profile=options.profile, arch=options.arch,

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InvalidConfigError, ToolMissingError
-from .run import spawn
+from ..errors import InvalidConfigError, ToolMissingError
+from ..run import spawn
 
 VIRTIOFSD = Path("/usr/lib/qemu/virtiofsd")
 

@@ -28,17 +28,17 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ..arch import Architecture
+from ..errors import AgentError, AgentTimeoutError, GuestBootError, InvalidConfigError, VmError
+from ..layout import BundlePaths
+from ..run import spawn, terminate
+from ..version import AGENT_PROTOCOL_REVISION
 from .accel import AccelChoice, AccelVerdict, resolve_accel
 from .agent_client import AgentClient, AgentHello, ExecResult, ExecStream, ProbeResult
-from .arch import Architecture
-from .errors import AgentError, AgentTimeoutError, GuestBootError, InvalidConfigError, VmError
-from .layout import BundlePaths
 from .qemu import Accel, QemuVm, Share, Transport
-from .run import spawn, terminate
-from .version import AGENT_PROTOCOL_REVISION
 from .virtiofsd import CacheMode, VirtiofsdConfig, virtiofsd
 
-log = logging.getLogger("vz_linux.vm")
+log = logging.getLogger("vz_linux.vm.linux_vm")
 
 ROOTFS_TAG = "rootfs"
 PANIC_MARKER = "Kernel panic"
