@@ -54,5 +54,25 @@ class Architecture(enum.StrEnum):
         return {Architecture.x86_64: "vmlinux", Architecture.arm64: "arch/arm64/boot/Image"}[self]
 
     @property
+    def kernel_make_target(self) -> str:
+        """The kernel's make target that produces :attr:`kernel_image_path`."""
+        return {Architecture.x86_64: "vmlinux", Architecture.arm64: "Image"}[self]
+
+    @property
+    def file_machine(self) -> str:
+        """How ``file`` names this machine in an ELF header (checks of static binaries)."""
+        return {Architecture.x86_64: "x86-64", Architecture.arm64: "ARM aarch64"}[self]
+
+    @property
+    def qemu_machine(self) -> str:
+        """QEMU's machine type: microvm boots the PVH vmlinux directly; arm64 has virt."""
+        return {Architecture.x86_64: "microvm", Architecture.arm64: "virt"}[self]
+
+    @property
+    def serial_console(self) -> str:
+        """The kernel's name for the machine's first serial port (``console=``)."""
+        return {Architecture.x86_64: "ttyS0", Architecture.arm64: "ttyAMA0"}[self]
+
+    @property
     def qemu_binary(self) -> str:
         return {Architecture.x86_64: "qemu-system-x86_64", Architecture.arm64: "qemu-system-aarch64"}[self]

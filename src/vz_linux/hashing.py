@@ -1,8 +1,10 @@
-"""The one hashing helper: streaming sha256 of files and bytes."""
+"""The one hashing helper: streaming sha256 of files and bytes, and cache keys."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Mapping
 from pathlib import Path
 
 _CHUNK = 1 << 20
@@ -22,3 +24,9 @@ def sha256_bytes(data: bytes) -> str:
 
 def sha256_text(text: str) -> str:
     return sha256_bytes(text.encode())
+
+
+def cache_key(parts: Mapping[str, object]) -> str:
+    """The cache key over ``parts`` (JSON-serialisable, order-independent): every build cache
+    (kernel, kconfig memo, agent, crun) keys its entries this way."""
+    return sha256_text(json.dumps(parts, sort_keys=True))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import shlex
@@ -27,15 +28,17 @@ from .errors import CommandFailedError, ToolMissingError
 log = logging.getLogger("vz_linux.run")
 
 _PR_SET_PDEATHSIG = 1
-_libc: ctypes.CDLL | None = None
+
+
+@functools.cache
+def libc() -> ctypes.CDLL:
+    """The C library, for the few calls Python's os module lacks (prctl, renameat2, KVM ioctls)."""
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _set_pdeathsig() -> None:
     """In the child, before exec: die with SIGKILL when the parent dies."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _describe_status(returncode: int) -> str:
