@@ -11,7 +11,7 @@ Builds (or takes from the cache) the static agent for x86_64 and arm64, starts t
 * exec_true_rtt_raw — the same on a bare blocking socket without the client's reader thread;
 * host_spawn_true — ``subprocess.run(["true"])`` from Python, the same work without the agent, for scale.
 
-Prints one named figure per line with its unit.
+Prints one named figure per line (docs/benchmarks.md); ``--figures FILE`` also records them as JSON lines.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -28,8 +27,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from _timing import report, time_ms  # benchmarks/ is sys.path[0] when run as a script
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.figures
 
+from benchmarks.figures import Figures, time_ms
 from vz_linux.arch import Architecture
 from vz_linux.build.agent import build_agent
 from vz_linux.run import spawn
@@ -61,17 +61,13 @@ def _raw_exec(path: Path) -> Callable[[], None]:
     return once
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--iterations", type=int, default=1000)
-    args = ap.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}, "
-          f"python {platform.python_version()}")
+def measure(figures: Figures, iterations: int) -> None:
+    """Agent sizes per arch, then the round trips against the host's agent on a Unix socket."""
     for arch in Architecture:
         binary = build_agent(arch)
-        size = binary.stat().st_size
-        packed = len(gzip.compress(binary.read_bytes(), compresslevel=9))
-        print(f"agent_size_{arch.value}: {size} bytes ({size / 1024:.0f} KiB), gzip -9 {packed / 1024:.0f} KiB")
+        figures.put(f"agent_size_{arch.value}", binary.stat().st_size, "bytes")
+        figures.put(f"agent_size_gzip_{arch.value}", len(gzip.compress(binary.read_bytes(), compresslevel=9)),
+                    "bytes")
     host = build_agent(Architecture.host())
     with tempfile.TemporaryDirectory(prefix="vz-agent-bench-") as tmp:
         sock = Path(tmp) / "agent.sock"
@@ -84,11 +80,23 @@ def main() -> int:
             with AgentClient.connect_unix(sock) as client:
                 for _ in range(20):  # warm up caches and the page cache for `true`
                     _exec_true(client)
-                report("ping_rtt", time_ms(client.ping, args.iterations))
-                report("exec_true_rtt", time_ms(lambda: _exec_true(client), args.iterations))
-                report("exec_true_rtt_raw", time_ms(_raw_exec(sock), args.iterations))
-                report("host_spawn_true", time_ms(lambda: subprocess.run(["true"], check=True),
-                                                 max(100, args.iterations // 5)))
+                figures.put_samples("ping_rtt", time_ms(client.ping, iterations))
+                figures.put_samples("exec_true_rtt", time_ms(lambda: _exec_true(client), iterations))
+                figures.put_samples("exec_true_rtt_raw", time_ms(_raw_exec(sock), iterations))
+                figures.put_samples("host_spawn_true", time_ms(lambda: subprocess.run(["true"], check=True),
+                                                               max(100, iterations // 5)))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--iterations", type=int, default=1000)
+    ap.add_argument("--figures", type=Path, help="also append the figures to this JSON-lines file")
+    args = ap.parse_args()
+    figures = Figures()
+    print(f"load {os.getloadavg()[0]:.2f}")
+    measure(figures, args.iterations)
+    if args.figures:
+        figures.write_jsonl(args.figures)
     return 0
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Three-way boot comparison (issue 5), all in one run, interleaved:
+"""Three-way boot comparison, all in one run, interleaved:
 
   container  the container bundle (its kernel + initramfs + agent), to agent-ready;
   debian     the same initramfs on Debian's linux-image-cloud-amd64 kernel (virtio as modules,

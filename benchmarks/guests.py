@@ -18,7 +18,7 @@ from vz_linux.layout import cache_root
 from vz_linux.run import run
 
 DEBIAN_KERNEL_PACKAGE = "linux-image-cloud-amd64"
-# Stock Debian builds virtio as modules (SPEC §8); the agent needs these, in dependency order.
+# Stock Debian builds virtio as modules (docs/vm.md); the agent needs these, in dependency order.
 DEBIAN_MODULES = (
     "drivers/virtio/virtio_ring.ko",
     "drivers/virtio/virtio.ko",

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Kernel-build figures (issue 3): compile and cache-hit wall times, `vz-linux config` per profile,
+"""Kernel-build figures: compile and cache-hit wall times, `vz-linux config` per profile,
 and kernel sizes next to Debian's linux-image-cloud-amd64.
 
     .venv/bin/python benchmarks/kernel_build.py            # uses what the cache holds
@@ -23,9 +23,10 @@ from pathlib import Path
 
 from vz_linux.arch import Architecture
 from vz_linux.build import kernel_cache
+from vz_linux.build.kbuild import toolchain_info
 from vz_linux.build.kernel import compile_kernel
 from vz_linux.build.pipeline import config_report, configure
-from vz_linux.build.sources import SourceSpec, acquire_source
+from vz_linux.build.sources import SourceSpec, acquire_source, read_pin
 from vz_linux.layout import cache_root
 from vz_linux.profiles import KernelProfile
 from vz_linux.run import run
@@ -59,9 +60,6 @@ def stripped_size(path: Path) -> int:
 def cached_image(profile: KernelProfile, arch: Architecture) -> tuple[Path, dict[str, object]] | None:
     """The cache entry of (profile, arch) for the current fragments, if it was built."""
     report = config_report(profile, arch)
-    from vz_linux.build.kernel import toolchain_info
-    from vz_linux.build.sources import read_pin
-
     key = kernel_cache.cache_key(config_text=report.resolved.config_text,
                                  source_identity=report.resolved.source.identity,
                                  toolchain=toolchain_info(arch), schema=read_pin().cache_schema, arch=arch)

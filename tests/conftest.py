@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from benchmarks.figures import Figures
 
 from vz_linux.arch import Architecture
 from vz_linux.build.pipeline import BuildOptions, BuildResult, build_bundle
@@ -72,3 +73,20 @@ def built_bundle(tmp_path_factory: pytest.TempPathFactory) -> BundleFactory:
         return done[profile, arch]
 
     return get
+
+
+FIGURES_ENV = "VZ_LINUX_FIGURES_FILE"
+
+
+@pytest.fixture
+def metrics(request: pytest.FixtureRequest) -> Iterator[Figures]:
+    """Named figures of one test (Firecracker's ``metrics`` fixture): ``metrics.put(name, value, unit)``.
+
+    Each figure carries the machine it ran on and the test's id; at teardown they are appended as
+    JSON lines to ``$VZ_LINUX_FIGURES_FILE`` (default ``bench-results/figures.jsonl`` in the
+    checkout, which git ignores), so figures from different runs compare by name.
+    """
+    figures = Figures(dimensions={"test": request.node.nodeid}, echo=False)
+    yield figures
+    target = Path(os.environ.get(FIGURES_ENV) or Path(__file__).resolve().parents[1] / "bench-results" / "figures.jsonl")
+    figures.write_jsonl(target)

@@ -40,17 +40,13 @@ class Architecture(enum.StrEnum):
     def debian_arch(self) -> str:
         return {Architecture.x86_64: "amd64", Architecture.arm64: "arm64"}[self]
 
-    @property
-    def uname_machine(self) -> str:
-        return {Architecture.x86_64: "x86_64", Architecture.arm64: "aarch64"}[self]
-
     def cross_compile_prefix(self) -> str:
         """CROSS_COMPILE= for building on this host ("" when native)."""
         return "" if self is Architecture.host() else f"{self.gnu_triplet}-"
 
     @property
     def kernel_image_path(self) -> str:
-        """Path of the bundle's ``vmlinux`` inside the kernel build dir (SPEC §1)."""
+        """Path of the bundle's ``vmlinux`` inside the kernel build dir (the README's bundle table)."""
         return {Architecture.x86_64: "vmlinux", Architecture.arm64: "arch/arm64/boot/Image"}[self]
 
     @property

@@ -1,4 +1,4 @@
-"""The capability registry (SPEC §2): capability -> Kconfig symbols that must hold -> live probe.
+"""The capability registry (docs/profiles.md): capability -> Kconfig symbols that must hold -> live probe.
 
 Capabilities are *derived* from the resolved ``.config`` through this one table; nothing declares
 them by hand. Each capability also has a probe the guest agent runs to prove it live.

@@ -25,7 +25,7 @@ class VzLinuxError(Exception):
         return f"{msg} ({self.hint})" if self.hint else msg
 
 
-# --- bundle / selection (SPEC §4) -------------------------------------------------------------
+# --- bundle / selection (docs/selection.md) ---------------------------------------------------
 class MissingArtifactsError(VzLinuxError):
     exit_code = 10
 
@@ -82,7 +82,7 @@ class InstallError(VzLinuxError):
     exit_code = 21
 
 
-# --- build (SPEC §3) --------------------------------------------------------------------------
+# --- build (docs/profiles.md, docs/guest.md) -------------------------------------------------
 class KernelSourceError(VzLinuxError):
     exit_code = 30
 
@@ -115,7 +115,7 @@ class CommandFailedError(VzLinuxError):
     exit_code = 35
 
 
-# --- guest / VM (SPEC §5, §6) -----------------------------------------------------------------
+# --- guest / VM (docs/agent.md, docs/vm.md) --------------------------------------------------
 class AgentError(VzLinuxError):
     """The guest agent replied with an error, or the channel broke."""
 
@@ -142,7 +142,7 @@ class CapabilityProbeError(VmError):
     exit_code = 44
 
 
-# --- OCI (SPEC §7) ----------------------------------------------------------------------------
+# --- OCI (docs/oci.md) -----------------------------------------------------------------------
 class OciError(VzLinuxError):
     exit_code = 50
 

@@ -123,7 +123,10 @@ def swap_in(stage: Path, dest: Path) -> None:
     except OSError as e:
         if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
             raise
-        old = stage.with_name(stage.name.replace(".install-", ".old-"))
+        # Through "<...>.old-<...>": bundle.install's crash recovery finds it under that name.
+        old_name = (stage.name.replace(".install-", ".old-") if ".install-" in stage.name
+                    else f".{dest.name}.old-{stage.name.lstrip('.')}")
+        old = stage.with_name(old_name)
         os.rename(dest, old)
         os.rename(stage, dest)
         os.rename(old, stage)

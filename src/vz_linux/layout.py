@@ -1,4 +1,4 @@
-"""The one place that knows the bundle layout (SPEC §1) and where bundles live by default."""
+"""The one place that knows the bundle layout (docs/selection.md) and where bundles live by default."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from .profiles import KernelProfile
 KERNEL = "vmlinux"
 INITRAMFS = "initramfs.img"
 METADATA = "version.json"
-OCI_RUNTIME = "crun"  # SPEC §1: the file is named after the runtime
+OCI_RUNTIME = "crun"  # the file is named after the runtime (version.json's oci_runtime.name)
 # Files that are checksummed and installed, in install order (metadata last: its presence marks
 # a complete bundle for readers that do not go through the atomic directory swap).
 ARTIFACTS: tuple[str, ...] = (KERNEL, INITRAMFS, OCI_RUNTIME)
 BUNDLE_FILES: tuple[str, ...] = (*ARTIFACTS, METADATA)
-# Written by install.py inside an installed bundle: the size/inode/ctime/sha256 of every file as
+# Written by bundle.install inside an installed bundle: the size/inode/ctime/sha256 of every file as
 # installed, so "already installed and intact" is a stat() comparison instead of a re-hash.
 INSTALL_RECORD = ".vz-install.json"
 

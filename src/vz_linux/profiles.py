@@ -1,4 +1,4 @@
-"""Kernel profiles and capability names (SPEC §2). Names are public: keep their spelling."""
+"""Kernel profiles and capability names (docs/profiles.md). Names are public: keep their spelling."""
 
 from __future__ import annotations
 
@@ -76,7 +76,8 @@ class KernelProfile(enum.StrEnum):
 
     @property
     def contract(self) -> frozenset[KernelCapability]:
-        """Capabilities every bundle of this profile must have (SPEC §2 table)."""
+        """Capabilities every bundle of this profile must have: the build fails without one
+        (docs/profiles.md) and validation refuses a bundle that lacks one (docs/selection.md)."""
         c = KernelCapability
         common = {c.vsock, c.virtiofs, c.hvc0_serial, c.ext4_root, c.overlayfs, c.netns, c.seccomp,
                   c.io_uring, c.btrfs_snapshots}

@@ -1,4 +1,4 @@
-"""Versions the host checks against a bundle (SPEC §4)."""
+"""Versions the host checks against a bundle (docs/selection.md, "Validation")."""
 
 from __future__ import annotations
 

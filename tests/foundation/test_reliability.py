@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from vz_linux import KernelProfile, layout
-from vz_linux.bundle.install import TEST_PAUSE_ENV, TEST_PAUSE_STAGE_ENV
+from vz_linux.bundle.install import InstallStage
 from vz_linux.bundle.model import validate_bundle
 
 from .bundles import make_bundle
@@ -27,11 +27,23 @@ ENSURE = (
     "b = ensure_kernel_profile('container')\n"
     "print(b.root, b.metadata.kernel, b.metadata.sha256_vmlinux)\n"
 )
+# Prepended to ENSURE to hold the installer at one stage (bundle.install.on_stage): it writes the
+# marker file (its pid) and sleeps until the test SIGKILLs it.
+PAUSE = (
+    "import os, time; from pathlib import Path; import vz_linux.bundle.install as install\n"
+    "def _pause(stage):\n"
+    "    if stage == {stage!r}:\n"
+    "        Path({marker!r}).write_text(f'{{os.getpid()}}\\n')\n"
+    "        while True:\n"
+    "            time.sleep(3600)\n"
+    "install.on_stage = _pause\n"
+)
 
 
-def _spawn(home: Path, bundle: Path, **extra: str) -> subprocess.Popen[str]:
-    env = clean_env(home, VZ_LINUX_CONTAINER_BUNDLE_DIR=str(bundle), **extra)
-    return subprocess.Popen([PYTHON, "-c", ENSURE], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+def _spawn(home: Path, bundle: Path, pause: tuple[InstallStage, Path] | None = None) -> subprocess.Popen[str]:
+    env = clean_env(home, VZ_LINUX_CONTAINER_BUNDLE_DIR=str(bundle))
+    code = ENSURE if pause is None else PAUSE.format(stage=pause[0], marker=str(pause[1])) + ENSURE
+    return subprocess.Popen([PYTHON, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
 
 
@@ -65,7 +77,7 @@ def test_eight_processes_at_once(home: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["copying", "swapped"])
-def test_sigkill_mid_install(home: Path, tmp_path: Path, stage: str) -> None:
+def test_sigkill_mid_install(home: Path, tmp_path: Path, stage: InstallStage) -> None:
     old = make_bundle(tmp_path / "v1", KernelProfile.container, kernel="6.1.1")
     first = _spawn(home, tmp_path / "v1")
     assert first.communicate(timeout=120)[0].split()[1] == "6.1.1"
@@ -73,7 +85,7 @@ def test_sigkill_mid_install(home: Path, tmp_path: Path, stage: str) -> None:
 
     new = make_bundle(tmp_path / "v2", KernelProfile.container, kernel="6.1.2")
     marker = tmp_path / "paused"
-    victim = _spawn(home, tmp_path / "v2", **{TEST_PAUSE_ENV: str(marker), TEST_PAUSE_STAGE_ENV: stage})
+    victim = _spawn(home, tmp_path / "v2", pause=(stage, marker))
     _wait_for(marker, victim)
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=60)
@@ -101,7 +113,7 @@ def test_reader_during_install_sees_a_whole_bundle(home: Path, tmp_path: Path) -
     first.communicate(timeout=120)
     make_bundle(tmp_path / "v2", KernelProfile.container, kernel="6.1.2")
     marker = tmp_path / "paused"
-    victim = _spawn(home, tmp_path / "v2", **{TEST_PAUSE_ENV: str(marker)})
+    victim = _spawn(home, tmp_path / "v2", pause=("copying", marker))
     try:
         _wait_for(marker, victim)
         reader = subprocess.run(

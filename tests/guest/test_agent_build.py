@@ -15,6 +15,7 @@ from vz_linux.errors import CommandFailedError
 from vz_linux.run import run
 from vz_linux.version import AGENT_PROTOCOL_REVISION, AGENT_VERSION
 from vz_linux.vm import agent_protocol as proto
+from vz_linux.vm.agent_client import STDIN_LIMIT
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -37,6 +38,15 @@ def test_python_constants_match_header() -> None:
     assert {t.name: t.value for t in proto.Tag}.items() <= header_tags.items()
     assert _c_enum("VZ_E_") == {e.name: e.value for e in proto.ErrorCode}
     assert f"{proto.MAX_PAYLOAD // 1024}u * 1024u" in HEADER.read_text()
+
+
+def test_transport_and_limit_constants_match_the_agent() -> None:
+    main = (agent_source_dir() / "main.c").read_text()
+    limits = (agent_source_dir() / "agent.h").read_text()
+    assert f"#define VSOCK_PORT {proto.VSOCK_PORT}\n" in main
+    assert f'#define SERIAL_NAME "{proto.SERIAL_PORT_NAME}"\n' in main
+    assert f"#define FILE_LIMIT ({proto.FILE_LIMIT // 1024}u * 1024u)" in limits
+    assert f"#define STDIN_LIMIT ({STDIN_LIMIT >> 20}u << 20)" in limits
 
 
 def test_mismatched_revision_fails_the_build(tmp_path: Path) -> None:

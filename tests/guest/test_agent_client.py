@@ -52,7 +52,7 @@ def lossy_client(agent_server: AgentServer) -> Iterator[AgentClient]:
 
 def test_wait_ready_resends_a_lost_hello(lossy_client: AgentClient) -> None:
     attempts: list[int] = []
-    hello = lossy_client.wait_ready(30, attempt_timeout=0.3, on_attempt=lambda n, _t: attempts.append(n))
+    hello = lossy_client.wait_ready(30, attempt_timeout=0.3, on_retry=lambda n, _t: attempts.append(n))
     assert hello.protocol_revision == AGENT_PROTOCOL_REVISION
     assert len(attempts) >= 2 and attempts[:2] == [1, 2]
     # The channel is healthy afterwards: later replies are matched to the right requests.

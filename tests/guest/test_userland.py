@@ -13,8 +13,9 @@ from vz_linux import layout
 from vz_linux.arch import Architecture
 from vz_linux.build.assemble import assemble_bundle
 from vz_linux.build.crun import OciRuntime
-from vz_linux.build.kernel import KernelInfo, SourceInfo, toolchain_info
-from vz_linux.bundle.metadata import BundleMetadata
+from vz_linux.build.kbuild import toolchain_info
+from vz_linux.build.kernel import KernelInfo
+from vz_linux.bundle.metadata import BundleMetadata, KernelSourceInfo
 from vz_linux.bundle.model import validate_bundle
 from vz_linux.errors import BuildError, ChecksumMismatchError
 from vz_linux.hashing import sha256_file, sha256_text
@@ -36,8 +37,8 @@ def kernel_info(profile: KernelProfile, arch: Architecture, image: Path) -> Kern
     return KernelInfo(
         version="6.1.158", release=f"6.1.158{profile.local_version}", config_text=config,
         config_sha256=sha256_text(config), cache_key="k" * 16,
-        source=SourceInfo(kind="debian-package", version="6.1.158", sha256="a" * 64,
-                          origin="linux-source-6.1 6.1.158-1"),
+        source=KernelSourceInfo(kind="debian-package", version="6.1.158", sha256="a" * 64,
+                                origin="linux-source-6.1 6.1.158-1"),
         toolchain=toolchain_info(arch), capabilities=profile.contract, image_path=image,
     )
 

@@ -10,13 +10,14 @@ import pytest
 
 from vz_linux.arch import Architecture
 from vz_linux.build import kernel_cache
-from vz_linux.build.kernel import CompileProgress, SourceInfo, ToolchainInfo, compile_kernel
+from vz_linux.build.kernel import CompileProgress, compile_kernel
 from vz_linux.build.sources import KernelSource
+from vz_linux.bundle.metadata import KernelSourceInfo, ToolchainInfo
 from vz_linux.errors import BuildError
 from vz_linux.profiles import KernelProfile
 
 TOOLCHAIN = ToolchainInfo(compiler="gcc (Debian 12.2.0-14) 12.2.0", binutils="GNU ld 2.40", cross_compile="")
-SOURCE = SourceInfo(kind="tarball", version="6.1.7", sha256="a" * 64, origin="/x/linux.tar.xz")
+SOURCE = KernelSourceInfo(kind="tarball", version="6.1.7", sha256="a" * 64, origin="/x/linux.tar.xz")
 
 
 def _key(**over: object) -> str:
@@ -31,8 +32,8 @@ def test_key_covers_every_input() -> None:
     others = [
         _key(config_text="CONFIG_A=n\n"),
         _key(source_identity="other"),
-        _key(toolchain=ToolchainInfo(TOOLCHAIN.compiler.replace("12.2.0-14", "12.2.0-15"), TOOLCHAIN.binutils, "")),
-        _key(toolchain=ToolchainInfo(TOOLCHAIN.compiler, "GNU ld 2.41", "")),
+        _key(toolchain=TOOLCHAIN.model_copy(update={"compiler": "gcc (Debian 12.2.0-15) 12.2.0"})),
+        _key(toolchain=TOOLCHAIN.model_copy(update={"binutils": "GNU ld 2.41"})),
         _key(schema="2"),
         _key(arch=Architecture.arm64),
     ]
@@ -84,7 +85,8 @@ def fake_tree(tmp_path: Path) -> KernelSource:
     tree = tmp_path / "tree"
     tree.mkdir()
     (tree / "Makefile").write_text(FAKE_MAKEFILE)
-    return KernelSource(tree=tree, info=SourceInfo("tree", "6.1.7", None, str(tree)))
+    info = KernelSourceInfo(kind="tree", version="6.1.7", sha256=None, origin=str(tree))
+    return KernelSource(tree=tree, info=info)
 
 
 def test_compile_reports_progress_and_keeps_the_log(fake_tree: KernelSource, tmp_path: Path) -> None:

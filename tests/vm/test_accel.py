@@ -1,4 +1,4 @@
-"""Accelerator choice: auto must prove KVM works (SPEC §8: here /dev/kvm exists but is broken)."""
+"""Accelerator choice: auto must prove KVM works (docs/vm.md: here /dev/kvm exists but is broken)."""
 
 from __future__ import annotations
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from vz_linux.arch import Architecture
-from vz_linux.vm.qemu import AGENT_PORT_NAME, Accel, QemuVm, Share, Transport
+from vz_linux.vm.agent_protocol import SERIAL_PORT_NAME
+from vz_linux.vm.qemu import Accel, QemuVm, Share, Transport
 
 
 def _opt(argv: list[str], flag: str) -> list[str]:
@@ -29,7 +30,7 @@ def test_x86_64_microvm_pvh_with_agent_port() -> None:
     assert "file,id=con0,path=/w/serial.log" in chardevs
     devices = _opt(argv, "-device")
     assert devices[0].startswith("virtio-serial-device")
-    assert f"virtserialport,chardev=agent0,name={AGENT_PORT_NAME},bus=vser0.0" in devices
+    assert f"virtserialport,chardev=agent0,name={SERIAL_PORT_NAME},bus=vser0.0" in devices
     cmdline = _opt(argv, "-append")[0].split()
     assert "console=ttyS0" in cmdline and "reboot=t" in cmdline and "panic=-1" in cmdline
     # No network, vsock or shared memory unless asked for.

@@ -8,17 +8,17 @@ compiler's identity, so an unchanged agent is never rebuilt and a changed one al
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from ..arch import Architecture
 from ..errors import BuildError
-from ..hashing import sha256_file
+from ..fsutil import publish_dir, publish_file
+from ..hashing import cache_key, sha256_file
 from ..layout import cache_root, source_checkout
 from ..run import run
 from ..version import AGENT_PROTOCOL_REVISION, AGENT_VERSION
+from .kbuild import tool_identity
 
 AGENT_BINARY = "vz-agent"
 FUZZER_BINARY = "fuzz_decoder"
@@ -34,15 +34,6 @@ def agent_source_dir() -> Path:
     return src
 
 
-def compiler_for(arch: Architecture) -> str:
-    return f"{arch.cross_compile_prefix()}gcc"
-
-
-def _compiler_identity(cc: str) -> str:
-    out = run([cc, "--version"]).stdout.decode(errors="replace")
-    return out.splitlines()[0] if out else cc
-
-
 def _source_digest(src: Path, *, fuzz: bool) -> str:
     h = hashlib.sha256()
     for path in sorted(p for p in src.rglob("*") if p.is_file()):
@@ -54,12 +45,13 @@ def _source_digest(src: Path, *, fuzz: bool) -> str:
 
 
 def agent_cache_key(arch: Architecture) -> str:
-    src = agent_source_dir()
-    h = hashlib.sha256()
-    for part in (_source_digest(src, fuzz=False), arch.value, AGENT_VERSION, str(AGENT_PROTOCOL_REVISION),
-                 _compiler_identity(compiler_for(arch))):
-        h.update(part.encode() + b"\0")
-    return h.hexdigest()[:20]
+    return cache_key({
+        "sources": _source_digest(agent_source_dir(), fuzz=False),
+        "arch": arch.value,
+        "version": AGENT_VERSION,
+        "revision": AGENT_PROTOCOL_REVISION,
+        "compiler": tool_identity(f"{arch.cross_compile_prefix()}gcc"),
+    })[:20]
 
 
 def _make(target: str, arch: Architecture, out: Path) -> None:
@@ -73,21 +65,12 @@ def _build_cached(key_dir: Path, binary: str, target: str, arch: Architecture) -
     result = key_dir / binary
     if result.is_file():
         return result
-    key_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Build in a private dir and rename it into place: concurrent builders never see half a result.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key_dir.name}.", dir=key_dir.parent))
-    try:
-        _make(target, arch, tmp)
-        if not (tmp / binary).is_file():
+    # Built in a stage renamed into place: concurrent builders never see half a result, and the
+    # first complete one wins.
+    with publish_dir(key_dir, prefix=f".{key_dir.name}.") as stage:
+        _make(target, arch, stage)
+        if not (stage / binary).is_file():
             raise BuildError(f"make {target} did not produce {binary}")
-        tmp.chmod(0o755)  # mkdtemp makes it 0700
-        try:
-            tmp.rename(key_dir)
-        except OSError:
-            if not result.is_file():  # lost the race to a complete build: use theirs
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     _prune(key_dir)
     return result
 
@@ -107,9 +90,8 @@ def _install_copy(built: Path, out_dir: Path) -> Path:
     dest = out_dir / built.name
     if dest.is_file() and sha256_file(dest) == sha256_file(built):
         return dest
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    shutil.copy2(built, tmp)
-    os.replace(tmp, dest)
+    with publish_file(dest, mode=built.stat().st_mode & 0o7777) as tmp:
+        shutil.copy2(built, tmp)
     return dest
 
 
@@ -126,9 +108,7 @@ def build_agent(arch: Architecture, out_dir: Path | None = None) -> Path:
 
 def build_fuzzer() -> Path:
     """The libFuzzer binary for the frame decoder (host only, clang-14 with ASan/UBSan)."""
-    src = agent_source_dir()
-    h = hashlib.sha256()
-    for part in (_source_digest(src, fuzz=True), _compiler_identity(FUZZ_CC)):
-        h.update(part.encode() + b"\0")
-    key_dir = cache_root() / "agent" / f"fuzz-{h.hexdigest()[:20]}"
+    key = cache_key({"sources": _source_digest(agent_source_dir(), fuzz=True),
+                     "compiler": tool_identity(FUZZ_CC)})
+    key_dir = cache_root() / "agent" / f"fuzz-{key[:20]}"
     return _build_cached(key_dir, FUZZER_BINARY, "fuzz", Architecture.host())

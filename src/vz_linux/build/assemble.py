@@ -1,10 +1,11 @@
-"""Assemble a complete bundle (SPEC §1, §3 stages 4-5): kernel image + initramfs + crun + version.json.
+"""Assemble a complete bundle (docs/guest.md, "Bundle assembly"; the files and version.json:
+docs/selection.md): kernel image + initramfs + crun + version.json.
 
 The kernel stage hands over a :class:`KernelInfo`; this gets the guest agent, BusyBox and crun
 for the arch, writes ``initramfs.img``, copies the kernel to ``vmlinux`` and crun to ``crun`` and
-records every field of ``version.json``. Everything is staged in a temp dir next to ``out_dir``
-and swapped into place at once, so a failed build never leaves a half bundle and a reader never
-sees one.
+records every field of ``version.json``. Everything is staged in a directory next to ``out_dir``
+and swapped into place at once (:func:`fsutil.swap_in`), so a failed build never leaves a half
+bundle and a reader never sees one.
 """
 
 from __future__ import annotations
@@ -15,20 +16,13 @@ import shutil
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .. import layout
 from ..arch import Architecture
-from ..bundle.install import swap_in
-from ..bundle.metadata import (
-    BundleMetadata,
-    FileInfo,
-    KernelSourceInfo,
-    OciRuntimeInfo,
-    ToolchainInfo,
-    fsync_dir,
-)
+from ..bundle.metadata import BundleMetadata, FileInfo, OciRuntimeInfo
+from ..clock import utc_timestamp
 from ..errors import BuildError
+from ..fsutil import fsync_dir, swap_in
 from ..profiles import KernelProfile
 from ..version import AGENT_PROTOCOL_REVISION, AGENT_VERSION, METADATA_SCHEMA_VERSION
 from .agent import build_agent
@@ -36,20 +30,15 @@ from .busybox import get_busybox
 from .cpio import source_date_epoch
 from .crun import ensure_crun
 from .initramfs import InitramfsInputs, write_initramfs
+from .kernel import KernelInfo
 
-if TYPE_CHECKING:
-    from .kernel import KernelInfo
-
-log = logging.getLogger("vz_linux.build.assemble")
+log = logging.getLogger(__name__)
 
 
 def build_time() -> str:
-    """``built``: SOURCE_DATE_EPOCH when set (reproducible builds), else now, UTC ISO-8601."""
-    if os.environ.get("SOURCE_DATE_EPOCH"):
-        when = datetime.fromtimestamp(source_date_epoch(), UTC)
-    else:
-        when = datetime.now(UTC).replace(microsecond=0)
-    return when.isoformat().replace("+00:00", "Z")
+    """``built``: SOURCE_DATE_EPOCH when set (reproducible builds), else now; UTC, whole seconds."""
+    epoch = datetime.fromtimestamp(source_date_epoch(), UTC) if os.environ.get("SOURCE_DATE_EPOCH") else None
+    return utc_timestamp(epoch)
 
 
 def _copy(src: Path, dst: Path, mode: int) -> None:
@@ -103,10 +92,8 @@ def assemble_bundle(
             files=files,
             kernel_config_sha256=kernel.config_sha256,
             kernel_cache_key=kernel.cache_key,
-            kernel_source=KernelSourceInfo(kind=kernel.source.kind, version=kernel.source.version,  # type: ignore[arg-type]
-                                           sha256=kernel.source.sha256, origin=kernel.source.origin),
-            toolchain=ToolchainInfo(compiler=kernel.toolchain.compiler, binutils=kernel.toolchain.binutils,
-                                    cross_compile=kernel.toolchain.cross_compile),
+            kernel_source=kernel.source,
+            toolchain=kernel.toolchain,
         )
         metadata.write(stage / layout.METADATA)
         fsync_dir(stage)

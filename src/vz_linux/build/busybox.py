@@ -1,22 +1,21 @@
-"""Static BusyBox for the guest, from Debian's ``busybox-static`` of the target arch (SPEC §3.4).
+"""Static BusyBox for the guest, from Debian's ``busybox-static`` of the target arch
+(docs/guest.md, "BusyBox").
 
 The host's arch uses the installed package (``/bin/busybox``). Another arch's package is fetched
-with ``apt-get download busybox-static:<arch>`` (nothing gets installed) and unpacked with
-``dpkg-deb -x`` under the cache, once per package version.
+and unpacked under the cache once per package version (:func:`debian.unpack_binaries`: nothing
+gets installed).
 """
 
 from __future__ import annotations
 
-import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..arch import Architecture
 from ..errors import BuildError
+from ..fsutil import publish_dir
 from ..layout import cache_root
-from ..run import run
+from . import debian
 
 PACKAGE = "busybox-static"
 INSTALLED_BINARY = Path("/bin/busybox")
@@ -62,24 +61,20 @@ def get_busybox(arch: Architecture) -> Busybox:
 
 
 def _installed(arch: Architecture) -> Busybox:
-    proc = run(["dpkg-query", "-W", "-f", "${Status}\t${Version}", f"{PACKAGE}:{arch.debian_arch}"],
-               check=False)
-    status, _, version = proc.stdout.decode().partition("\t")
-    if proc.returncode != 0 or "install ok installed" not in status or not INSTALLED_BINARY.is_file():
+    version = debian.installed_versions([PACKAGE], arch).get(PACKAGE)
+    if version is None or not INSTALLED_BINARY.is_file():
         raise BuildError(f"{PACKAGE} is not installed", hint="run scripts/setup.sh")
-    return Busybox(arch, INSTALLED_BINARY, version.strip())
+    return Busybox(arch, INSTALLED_BINARY, version)
 
 
 def _candidate_version(arch: Architecture) -> str:
-    out = run(["apt-cache", "show", "--no-all-versions", f"{PACKAGE}:{arch.debian_arch}"],
-              check=False).stdout.decode()
-    match = re.search(r"^Version: (\S+)$", out, re.M)
-    if match is None:
+    version = debian.candidate_versions([PACKAGE], arch).get(PACKAGE)
+    if version is None:
         raise BuildError(
             f"apt knows no {PACKAGE}:{arch.debian_arch}",
             hint=f"run scripts/setup.sh (adds the {arch.debian_arch} architecture and runs apt-get update)",
         )
-    return match.group(1)
+    return version
 
 
 def _downloaded(arch: Architecture) -> Busybox:
@@ -88,25 +83,9 @@ def _downloaded(arch: Architecture) -> Busybox:
     binary = dest / "bin" / "busybox"
     if binary.is_file():
         return Busybox(arch, binary, version)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".fetch-") as tmp:
-        work = Path(tmp)
-        run(["apt-get", "download", f"{PACKAGE}:{arch.debian_arch}={version}"], cwd=work)
-        debs = sorted(work.glob("*.deb"))
-        if len(debs) != 1:
-            raise BuildError(f"apt-get download {PACKAGE}:{arch.debian_arch} gave {len(debs)} .deb files")
-        got = run(["dpkg-deb", "-f", str(debs[0]), "Version"]).stdout.decode().strip()
-        if got != version:
-            raise BuildError(f"downloaded {PACKAGE} {got}, expected {version}")
-        tree = work / "tree"
-        run(["dpkg-deb", "-x", str(debs[0]), str(tree)])
+    # Renamed into place: a concurrent or interrupted fetch never leaves a partial tree.
+    with publish_dir(dest, prefix=".fetch-") as tree:
+        debian.unpack_binaries({PACKAGE: version}, arch, tree)
         if not (tree / "bin" / "busybox").is_file():
-            raise BuildError(f"{debs[0].name} has no bin/busybox")
-        # Rename into place: a concurrent or interrupted fetch never leaves a partial tree.
-        try:
-            (tree).rename(dest)
-        except OSError:
-            if not binary.is_file():
-                raise
-            shutil.rmtree(tree, ignore_errors=True)
+            raise BuildError(f"{PACKAGE} {version} ({arch.debian_arch}) has no bin/busybox")
     return Busybox(arch, binary, version)

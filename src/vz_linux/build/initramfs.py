@@ -1,4 +1,5 @@
-"""What goes into ``initramfs.img`` (SPEC §1, §5), declared as data and written by :mod:`cpio`.
+"""What goes into ``initramfs.img`` (docs/guest.md, "Initramfs"), declared as data and written
+by :mod:`cpio`.
 
 Layout: ``/init``; ``/bin/busybox`` with applet symlinks in ``/bin``; ``/sbin/vz-agent``;
 ``/etc`` (resolv.conf, udhcpc.script, passwd, group, hosts); the empty mount points init uses;
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BuildError
+from ..fsutil import write_atomic
 from ..layout import source_checkout
 from .busybox import APPLETS
 from .cpio import Archive
@@ -76,13 +78,7 @@ def build_archive(inputs: InitramfsInputs) -> Archive:
 
 def write_initramfs(inputs: InitramfsInputs, out: Path, *, mtime: int | None = None) -> Path:
     """Write the gzip-compressed newc archive to ``out`` (same inputs, same bytes)."""
-    data = build_archive(inputs).to_gzip(mtime)
-    tmp = out.with_name(f".{out.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(out, build_archive(inputs).to_gzip(mtime))
     return out
 
 

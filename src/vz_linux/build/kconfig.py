@@ -1,4 +1,5 @@
-"""Config resolution and the line-by-line fragment check (SPEC §3.2).
+"""Config resolution and the line-by-line fragment check (docs/profiles.md, "How configs are
+checked").
 
 baseline (``allnoconfig``/``defconfig``) → merge the fragments (profile, arch, profile+arch) →
 ``olddefconfig``, all with the kernel's own ``scripts/kconfig`` (the reference for the resulting
@@ -10,13 +11,12 @@ missing prompt.
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import io
-import json
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,10 +29,11 @@ from ..arch import Architecture
 from ..dotconfig import ConfigLine, parse_dotconfig, parse_lines
 from ..errors import InvalidConfigError, KconfigCheckError
 from ..fsutil import write_text_if_changed
-from ..hashing import sha256_text
+from ..hashing import cache_key
 from ..layout import cache_root, source_checkout
 from ..profiles import KernelProfile
 from ..run import run
+from .kbuild import kconfig_env, make_argv, toolchain_info
 from .sources import KernelSource
 
 
@@ -51,15 +52,6 @@ def fragment_paths(profile: KernelProfile, arch: Architecture, linux: Path | Non
     if per_profile.is_file():
         paths.append(per_profile)
     return paths
-
-
-def make_argv(source: KernelSource, builddir: Path, arch: Architecture, *targets: str) -> list[str]:
-    """``make`` of the kernel tree, out of tree, for ``arch`` (the one place this is spelled)."""
-    argv = ["make", "-s", "-C", str(source.tree), f"O={builddir}", f"ARCH={arch.kernel_arch}"]
-    cross = arch.cross_compile_prefix()
-    if cross:
-        argv.append(f"CROSS_COMPILE={cross}")
-    return [*argv, *targets]
 
 
 # --- allow-list --------------------------------------------------------------------------------
@@ -186,18 +178,16 @@ def _memo_path(source: KernelSource, profile: KernelProfile, arch: Architecture,
     """Where the resolved .config of these exact inputs is kept. The key covers the source, the
     baseline, the fragments' text in merge order, the toolchain (Kconfig probes the compiler)
     and the host tools Kconfig asks about (pahole, rustc)."""
-    from .kernel import toolchain_info
-
-    blob = json.dumps({
+    key = cache_key({
         "memo_schema": 1,
         "source": source.identity,
         "baseline": profile.baseline,
         "arch": arch.value,
         "fragments": [p.read_text() for p in fragments],
-        "toolchain": dataclasses.asdict(toolchain_info(arch)),
+        "toolchain": toolchain_info(arch).model_dump(),
         "host_tools": [shutil.which(t) for t in ("pahole", "rustc", "bindgen")],
-    }, sort_keys=True)
-    return cache_root() / "kconfig" / "resolved" / f"{sha256_text(blob)}.config"
+    })
+    return cache_root() / "kconfig" / "resolved" / f"{key}.config"
 
 
 def config_workdir(profile: KernelProfile, arch: Architecture) -> Path:
@@ -233,19 +223,32 @@ def resolve_config(
     if memo is not None and memo.is_file():
         text = memo.read_text()
     else:
-        workdir = workdir or config_workdir(profile, arch)
-        workdir.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(workdir) + ".lock"):
-            run(make_argv(source, workdir, arch, profile.baseline))
-            base = (workdir / ".config").read_text()
-            (workdir / ".config").write_text(merge_fragments(base, parsed))
-            run(make_argv(source, workdir, arch, "olddefconfig"))
-            text = (workdir / ".config").read_text()
+        text = _olddefconfig(source, profile, arch, parsed, workdir or config_workdir(profile, arch))
         if memo is not None:
             memo.parent.mkdir(parents=True, exist_ok=True)
             write_text_if_changed(memo, text)
     resolved = parse_dotconfig(text)
+    checks = _check(parsed, resolved, text, source, profile, arch, allow)
+    return ResolvedConfig(profile, arch, source, text, tuple(frag_paths), checks, resolved)
 
+
+def _olddefconfig(source: KernelSource, profile: KernelProfile, arch: Architecture,
+                  fragments: Sequence[Sequence[ConfigLine]], workdir: Path) -> str:
+    """The kernel's own ``make <baseline>``, the fragments merged, ``make olddefconfig``: the .config."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(workdir) + ".lock"):
+        run(make_argv(source, workdir, arch, profile.baseline))
+        base = (workdir / ".config").read_text()
+        (workdir / ".config").write_text(merge_fragments(base, fragments))
+        run(make_argv(source, workdir, arch, "olddefconfig"))
+        return (workdir / ".config").read_text()
+
+
+def _check(parsed: Sequence[Sequence[ConfigLine]], resolved: Mapping[str, str], text: str,
+           source: KernelSource, profile: KernelProfile, arch: Architecture,
+           allow: Sequence[AllowEntry]) -> tuple[CheckResult, ...]:
+    """Every fragment line compared with the resolved config, failures explained and matched
+    against the allow-list."""
     # The last line per symbol is the one that counts; an earlier one with another value is overridden.
     last: dict[str, ConfigLine] = {}
     for frag in parsed:
@@ -269,25 +272,10 @@ def resolve_config(
         allowed = "" if ok else next(
             (a.reason for a in allow if a.matches(profile, arch, line.symbol)), "")
         checks.append(CheckResult(line, got, ok, why, allowed))
-    return ResolvedConfig(profile, arch, source, text, tuple(frag_paths), tuple(checks), resolved)
+    return tuple(checks)
 
 
 # --- explanations with kconfiglib --------------------------------------------------------------
-def kconfig_env(source: KernelSource, arch: Architecture) -> dict[str, str]:
-    """The environment the kernel's Makefile gives Kconfig (kconfiglib reads it from os.environ)."""
-    cross = arch.cross_compile_prefix()
-    return {
-        "srctree": str(source.tree),
-        "ARCH": arch.kernel_arch,
-        "SRCARCH": arch.kernel_arch,
-        "KERNELVERSION": source.info.version,
-        "CC": f"{cross}gcc",
-        "LD": f"{cross}ld",
-        "HOSTCC": "gcc",
-        "HOSTCXX": "g++",
-    }
-
-
 @contextmanager
 def _environ(extra: Mapping[str, str]) -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in extra}
@@ -303,9 +291,11 @@ def _environ(extra: Mapping[str, str]) -> Iterator[None]:
 
 
 def load_kconfig(source: KernelSource, arch: Architecture) -> Any:
-    """kconfiglib's view of the tree (~7 s). Linux 6.1's bare ``modules`` attribute (in
-    kernel/module/Kconfig) predates kconfiglib 14.1: it is read as ``option modules``, in memory
-    only, never by editing the shared tree."""
+    """kconfiglib's view of the tree (slow: docs/profiles.md). Linux 6.1's bare ``modules``
+    attribute (in kernel/module/Kconfig) predates kconfiglib 14.1: it is read as ``option
+    modules``, in memory only, never by editing the shared tree."""
+    # Imported here, not at the top: kconfiglib is needed only to explain a failed line, and
+    # every `vz-linux` command would otherwise pay for loading it.
     import kconfiglib
 
     class _Kconfig(kconfiglib.Kconfig):  # type: ignore[misc]
@@ -327,8 +317,6 @@ class _Explainer:
         self._loaded_text: str | None = None
 
     def _kc(self, config_text: str) -> Any:
-        import tempfile
-
         if self._kconf is None:
             self._kconf = load_kconfig(self.source, self.arch)
         if self._loaded_text != config_text:
@@ -341,7 +329,7 @@ class _Explainer:
         return self._kconf
 
     def explain(self, line: ConfigLine, resulting: str, config_text: str) -> str:
-        import kconfiglib as k
+        import kconfiglib as k  # lazily, as in load_kconfig (already loaded by then)
 
         kc = self._kc(config_text)
         sym = kc.syms.get(line.symbol)
@@ -390,10 +378,3 @@ class _Explainer:
         if k.expr_value(sym.direct_dep) == 1 and line.value == "y":
             return f"depends on {show(sym.direct_dep)}, which is m: only m is possible"
         return f"kconfiglib sees {sym.name}={sym.str_value}; kernel olddefconfig gave {resulting}"
-
-
-
-
-def copy_tree_config(resolved: ResolvedConfig, builddir: Path) -> None:
-    builddir.mkdir(parents=True, exist_ok=True)
-    write_text_if_changed(builddir / ".config", resolved.config_text)

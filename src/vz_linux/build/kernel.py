@@ -1,6 +1,6 @@
 """Out-of-tree kernel compile per (profile, arch), and the description of a built kernel.
 
-:class:`KernelInfo` is what the build hands to the userland stage (``userland.assemble_bundle``)
+:class:`KernelInfo` is what the build hands to the userland stage (``assemble.assemble_bundle``)
 and what ends up in ``version.json``.
 """
 
@@ -13,38 +13,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from filelock import FileLock
 
 from ..arch import Architecture
+from ..bundle.metadata import KernelSourceInfo, ToolchainInfo
 from ..dotconfig import parse_dotconfig
 from ..errors import BuildError
+from ..fsutil import write_text_if_changed
 from ..layout import cache_root
 from ..profiles import KernelCapability, KernelProfile
-from ..run import quote, run, spawn
-
-if TYPE_CHECKING:
-    from .sources import KernelSource
-
-
-@dataclass(frozen=True)
-class SourceInfo:
-    """Where the kernel source came from (recorded in version.json)."""
-
-    kind: str  # "debian-package" | "tarball" | "tree"
-    version: str  # exact upstream version from the tree's Makefile, e.g. "6.1.192"
-    sha256: str | None  # of the tarball (None for an existing tree)
-    origin: str  # package name + version, path or URL
-
-
-@dataclass(frozen=True)
-class ToolchainInfo:
-    """Identity of the compiler and binutils that built the kernel (part of the cache key)."""
-
-    compiler: str  # first line of `<CROSS_COMPILE>gcc --version`
-    binutils: str  # first line of `<CROSS_COMPILE>ld --version`
-    cross_compile: str  # CROSS_COMPILE= value ("" when native)
+from ..run import quote, spawn
+from .kbuild import make_argv
+from .sources import KernelSource
 
 
 @dataclass(frozen=True)
@@ -54,37 +35,16 @@ class KernelInfo:
     config_text: str  # the resolved .config
     config_sha256: str
     cache_key: str
-    source: SourceInfo
+    source: KernelSourceInfo
     toolchain: ToolchainInfo
     capabilities: frozenset[KernelCapability]
-    image_path: Path  # the cached image (vmlinux on x86_64, arch/arm64/boot/Image on arm64)
-
-
-# --- toolchain identity -------------------------------------------------------------------------
-def _first_line(argv: list[str]) -> str:
-    proc = run(argv)
-    return proc.stdout.decode(errors="replace").splitlines()[0].strip()
-
-
-def toolchain_info(arch: Architecture) -> ToolchainInfo:
-    """Compiler and binutils versions for ``arch`` (part of the kernel cache key)."""
-    cross = arch.cross_compile_prefix()
-    return ToolchainInfo(
-        compiler=_first_line([f"{cross}gcc", "--version"]),
-        binutils=_first_line([f"{cross}ld", "--version"]),
-        cross_compile=cross,
-    )
+    image_path: Path  # the cached image (Architecture.kernel_image_path's file)
 
 
 # --- compile -----------------------------------------------------------------------------------
 def build_dir(profile: KernelProfile, arch: Architecture) -> Path:
     """The persistent out-of-tree build dir of (profile, arch): incremental across builds."""
     return cache_root() / "build" / f"{profile.value}-{arch.value}"
-
-
-def make_target(arch: Architecture) -> str:
-    """The make target that produces :attr:`Architecture.kernel_image_path`."""
-    return {Architecture.x86_64: "vmlinux", Architecture.arm64: "Image"}[arch]
 
 
 # First-build estimates of kbuild's object lines (replaced by the real count after one build).
@@ -133,12 +93,9 @@ def compile_kernel(
 ) -> CompileResult:
     """Compile the kernel image of ``config_text`` out of tree in ``builddir``.
 
-    Runs ``make -j<all cores> <vmlinux|Image>``; every line goes to ``<builddir>/build.log``;
-    a failure raises :class:`BuildError` carrying the log's tail.
+    Runs ``make -j<all cores> <arch.kernel_make_target>``; every line goes to
+    ``<builddir>/build.log``; a failure raises :class:`BuildError` carrying the log's tail.
     """
-    from ..fsutil import write_text_if_changed
-    from .kconfig import make_argv
-
     builddir = builddir or build_dir(profile, arch)
     builddir.mkdir(parents=True, exist_ok=True)
     log_path = builddir / "build.log"
@@ -152,7 +109,7 @@ def compile_kernel(
         # Unchanged text keeps the file's mtime, so make only rebuilds what changed.
         write_text_if_changed(builddir / ".config", config_text)
         prefix = ["nice", "-n", str(nice)] if nice else []
-        argv = [*prefix, *make_argv(source, builddir, arch, f"-j{jobs}", make_target(arch))]
+        argv = [*prefix, *make_argv(source, builddir, arch, f"-j{jobs}", arch.kernel_make_target)]
         argv.remove("-s")  # keep kbuild's per-object lines: they drive the progress display
         start = time.monotonic()
         done = 0

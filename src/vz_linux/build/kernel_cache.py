@@ -1,24 +1,24 @@
-"""The kernel image cache (SPEC §3.3).
+"""The kernel image cache (docs/profiles.md, "Sources, compile and cache").
 
 Key = sha256 over the resolved ``.config``, the source identity, the toolchain identity and the
 cache schema of ``linux/kernel-version.mk``. An entry ``cache_root()/kernels/<key>/`` holds the
-image, the ``.config`` it was built from and ``kernel.json``; it is staged in a temporary
-directory and renamed into place, so a reader sees a whole entry or none.
+image, the ``.config`` it was built from and ``kernel.json``; it is staged beside it and renamed
+into place (:func:`fsutil.publish_dir`), so a reader sees a whole entry or none.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
+from .. import hashing
 from ..arch import Architecture
+from ..bundle.metadata import KernelSourceInfo, ToolchainInfo
+from ..fsutil import publish_dir
 from ..hashing import sha256_file, sha256_text
 from ..layout import cache_root
-from .kernel import SourceInfo, ToolchainInfo
 
 _META = "kernel.json"
 _CONFIG = "config"
@@ -26,12 +26,8 @@ _CONFIG = "config"
 
 def cache_key(*, config_text: str, source_identity: str, toolchain: ToolchainInfo, schema: str,
               arch: Architecture) -> str:
-    blob = json.dumps(
-        {"config_sha256": sha256_text(config_text), "source": source_identity,
-         "toolchain": asdict(toolchain), "schema": schema, "arch": arch.value},
-        sort_keys=True,
-    )
-    return sha256_text(blob)
+    return hashing.cache_key({"config_sha256": sha256_text(config_text), "source": source_identity,
+                              "toolchain": toolchain.model_dump(), "schema": schema, "arch": arch.value})
 
 
 def kernels_root() -> Path:
@@ -78,7 +74,7 @@ def store(
     config_text: str,
     release: str,
     version: str,
-    source: SourceInfo,
+    source: KernelSourceInfo,
     toolchain: ToolchainInfo,
     extra: dict[str, object] | None = None,
     root: Path | None = None,
@@ -86,28 +82,19 @@ def store(
     """Copy a freshly built image into the cache. If another build stored the key meanwhile,
     its entry wins (same inputs, same kernel)."""
     root = root or kernels_root()
-    root.mkdir(parents=True, exist_ok=True)
     dest = root / key
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key[:16]}-"))
-    try:
-        shutil.copyfile(image, tmp / _image_name(arch))
-        (tmp / _CONFIG).write_text(config_text)
+    image_name = _image_name(arch)
+    with publish_dir(dest, prefix=f".{key[:16]}-") as stage:
+        shutil.copyfile(image, stage / image_name)
+        (stage / _CONFIG).write_text(config_text)
         meta = {"key": key, "arch": arch.value, "release": release, "version": version,
-                "image": _image_name(arch), "image_sha256": sha256_file(tmp / _image_name(arch)),
-                "image_size": (tmp / _image_name(arch)).stat().st_size,
-                "config_sha256": sha256_text(config_text), "source": asdict(source),
-                "toolchain": asdict(toolchain), **(extra or {})}
-        (tmp / _META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        os.chmod(tmp, 0o755)
+                "image": image_name, "image_sha256": sha256_file(stage / image_name),
+                "image_size": (stage / image_name).stat().st_size,
+                "config_sha256": sha256_text(config_text), "source": source.model_dump(),
+                "toolchain": toolchain.model_dump(), **(extra or {})}
+        (stage / _META).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
         if dest.exists() and lookup(key, arch, root) is None:
             shutil.rmtree(dest)  # a damaged entry: replace it
-        try:
-            os.rename(tmp, dest)
-        except OSError:
-            if not dest.exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     hit = lookup(key, arch, root)
     if hit is None:
         raise OSError(f"kernel cache entry {dest} is unreadable right after writing it")

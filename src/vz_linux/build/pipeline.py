@@ -1,5 +1,5 @@
-"""The build orchestrator (SPEC §3): source → config → check → capabilities → kernel (cached) →
-userland → version.json.
+"""The build orchestrator (docs/profiles.md): source → config → check → capabilities → kernel
+(cached) → userland → version.json.
 
 ``build_bundle(BuildOptions(...))`` is what ``vz-linux build`` and ``make -C linux all`` run.
 The kernel image is reused from the cache whenever its inputs are unchanged; the userland and
@@ -8,7 +8,6 @@ The kernel image is reused from the cache whenever its inputs are unchanged; the
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import time
 from collections.abc import Callable
@@ -20,11 +19,14 @@ from ..arch import Architecture
 from ..bundle.metadata import BundleMetadata
 from ..capabilities import derive_capabilities, explain_missing
 from ..errors import BuildError, CapabilityContractError
+from ..fsutil import publish_file
 from ..hashing import sha256_text
 from ..profiles import KernelCapability, KernelProfile
 from . import kernel_cache
+from .assemble import assemble_bundle
+from .kbuild import toolchain_info
 from .kconfig import ResolvedConfig, resolve_config
-from .kernel import KernelInfo, ProgressFn, compile_kernel, toolchain_info
+from .kernel import KernelInfo, ProgressFn, compile_kernel
 from .sources import KernelPin, KernelSource, SourceSpec, acquire_source, read_pin
 
 StageFn = Callable[[str], None]
@@ -164,9 +166,8 @@ def build_kernel(options: BuildOptions, *, pin: KernelPin | None = None
 
 def _write_kernel_only(bundle_dir: Path, kernel: KernelInfo) -> None:
     bundle_dir.mkdir(parents=True, exist_ok=True)
-    tmp = bundle_dir / f".{layout.KERNEL}.tmp"
-    shutil.copyfile(kernel.image_path, tmp)
-    tmp.replace(bundle_dir / layout.KERNEL)
+    with publish_file(bundle_dir / layout.KERNEL) as tmp:
+        shutil.copyfile(kernel.image_path, tmp)
 
 
 def build_bundle(options: BuildOptions) -> BuildResult:
@@ -178,15 +179,9 @@ def build_bundle(options: BuildOptions) -> BuildResult:
     if options.kernel_only:
         _write_kernel_only(bundle_dir, kernel)
     else:
-        from .assemble import assemble_bundle
-
         _stage(options, "userland: agent, busybox, crun, initramfs, version.json")
         metadata = assemble_bundle(out_dir=bundle_dir, profile=options.profile, arch=options.arch,
                                    kernel_image=kernel.image_path, kernel=kernel)
     _stage(options, f"done in {time.monotonic() - start:.1f}s: {bundle_dir}")
     return BuildResult(bundle_dir=bundle_dir, kernel=kernel, cache_hit=hit, kernel_seconds=seconds,
                        log_path=log_path, report=report, metadata=metadata)
-
-
-def with_profile(options: BuildOptions, profile: KernelProfile) -> BuildOptions:
-    return dataclasses.replace(options, profile=profile)

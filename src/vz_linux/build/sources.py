@@ -1,19 +1,18 @@
-"""Kernel source acquisition (SPEC §3.1): Debian's linux-source package, a tarball, or a tree.
+"""Kernel source acquisition (docs/profiles.md, "Sources, compile and cache"): Debian's
+linux-source package, a tarball, or a tree.
 
 Tarballs are verified (sha256 is mandatory) and extracted once per content hash into
-``cache_root()/sources/``, shared by every profile and arch. Extraction goes to a temporary
-directory that is renamed into place, so a half-extracted tree is never used; a file lock makes
-concurrent builds extract once.
+``cache_root()/sources/``, shared by every profile and arch. Extraction goes to a staging
+directory that is renamed into place (:func:`fsutil.publish_dir`), so a half-extracted tree is
+never used; a file lock makes concurrent builds extract once.
 """
 
 from __future__ import annotations
 
 import enum
 import json
-import os
 import re
 import shutil
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,12 +21,13 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from ..bundle.metadata import KernelSourceInfo
 from ..errors import KernelSourceError
-from ..fsutil import write_atomic
+from ..fsutil import publish_dir, publish_file, write_atomic
 from ..hashing import sha256_file
 from ..layout import cache_root, source_checkout
 from ..run import run
-from .kernel import SourceInfo
+from . import debian
 
 _PIN_LINE = re.compile(r"^\s*([A-Z_]+)\s*:?=\s*(.*?)\s*$")
 _MARKER = ".vz-linux-source.json"
@@ -101,7 +101,7 @@ class SourceSpec:
 @dataclass(frozen=True)
 class KernelSource:
     tree: Path
-    info: SourceInfo
+    info: KernelSourceInfo  # recorded in version.json as ``kernel_source``
 
     @property
     def identity(self) -> str:
@@ -128,19 +128,25 @@ def tree_version(tree: Path) -> str:
     return f"{fields['VERSION']}.{fields['PATCHLEVEL']}.{fields['SUBLEVEL']}{fields.get('EXTRAVERSION', '')}"
 
 
+def _source_info(kind: SourceKind, *, version: str, sha256: str | None, origin: str) -> KernelSourceInfo:
+    # model_validate: the model's ``kind`` is a Literal of exactly SourceKind's values.
+    return KernelSourceInfo.model_validate(
+        {"kind": kind.value, "version": version, "sha256": sha256, "origin": origin})
+
+
 def _debian_package_version(package: str) -> str:
-    proc = run(["dpkg-query", "-W", "-f=${Version}", package], check=False)
-    if proc.returncode != 0 or not proc.stdout.strip():
+    version = debian.installed_versions([package]).get(package)
+    if version is None:
         raise KernelSourceError(
             f"Debian package {package} is not installed",
             hint=f"run scripts/setup.sh (or apt-get install {package}), or pass --kernel-source",
         )
-    return proc.stdout.decode().strip()
+    return version
 
 
 def _package_tarball_sha256(tarball: Path, sources: Path) -> str:
     """sha256 of the package's tarball, re-hashed only when its size or mtime changes (dpkg
-    replaces the file on upgrade), so a cache-hit build does not hash 130 MB every time."""
+    replaces the file on upgrade), so a cache-hit build does not hash the whole tarball every time."""
     st = tarball.stat()
     stamp = {"path": str(tarball), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
     memo = sources / ".package-tarball-sha256.json"
@@ -167,17 +173,13 @@ def _download(url: str, sha256: str, allow_http: bool, downloads: Path) -> Path:
     dest = downloads / f"{sha256}-{name}"
     if dest.is_file() and sha256_file(dest) == sha256:
         return dest
-    fd, tmp_name = tempfile.mkstemp(dir=downloads, prefix=".download-")
-    tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-            shutil.copyfileobj(resp, out, 1 << 20)
-        _verify(tmp, sha256, url)
-        os.replace(tmp, dest)
+        with publish_file(dest) as tmp:
+            with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
+                shutil.copyfileobj(resp, out, 1 << 20)
+            _verify(tmp, sha256, url)
     except (urllib.error.URLError, OSError) as e:
         raise KernelSourceError(f"cannot download {url}: {getattr(e, 'reason', e)}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 
@@ -199,19 +201,14 @@ def _extract(tarball: Path, sha256: str, sources: Path) -> Path:
     with FileLock(str(sources / f".{dest.name}.lock")):
         if (dest / _MARKER).is_file():
             return dest
-        tmp = Path(tempfile.mkdtemp(dir=sources, prefix=f".extract-{dest.name}-"))
-        try:
+        with publish_dir(dest, prefix=f".extract-{dest.name}-") as stage:
             # tar(1) detects the compression; the tarball's single top directory is dropped.
-            run(["tar", "-xf", tarball, "-C", tmp, "--strip-components=1", "--no-same-owner"])
-            version = tree_version(tmp)
-            (tmp / _MARKER).write_text(json.dumps({"sha256": sha256, "version": version,
-                                                   "tarball": str(tarball)}) + "\n")
+            run(["tar", "-xf", tarball, "-C", stage, "--strip-components=1", "--no-same-owner"])
+            version = tree_version(stage)
+            (stage / _MARKER).write_text(json.dumps({"sha256": sha256, "version": version,
+                                                     "tarball": str(tarball)}) + "\n")
             if dest.exists():  # a stale partial tree from an older, interrupted layout
                 shutil.rmtree(dest)
-            os.rename(tmp, dest)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
@@ -224,7 +221,7 @@ def acquire_source(spec: SourceSpec, *, pin: KernelPin | None = None, cache: Pat
             raise KernelSourceError("a tree source needs a directory")
         tree = Path(spec.location).resolve()
         version = tree_version(tree)
-        info = SourceInfo(kind=spec.kind.value, version=version, sha256=None, origin=str(tree))
+        info = _source_info(spec.kind, version=version, sha256=None, origin=str(tree))
     elif spec.kind is SourceKind.debian_package:
         deb_version = _debian_package_version(pin.debian_package)
         if not pin.debian_tarball.is_file():
@@ -233,8 +230,8 @@ def acquire_source(spec: SourceSpec, *, pin: KernelPin | None = None, cache: Pat
         sha = _package_tarball_sha256(pin.debian_tarball, sources)
         tree = _extract(pin.debian_tarball, sha, sources)
         version = tree_version(tree)
-        info = SourceInfo(kind=spec.kind.value, version=version, sha256=sha,
-                          origin=f"{pin.debian_package}={deb_version}")
+        info = _source_info(spec.kind, version=version, sha256=sha,
+                            origin=f"{pin.debian_package}={deb_version}")
         if version != pin.version:
             raise KernelSourceError(
                 f"{pin.debian_package} {deb_version} is Linux {version}, but linux/kernel-version.mk pins {pin.version}",
@@ -256,7 +253,7 @@ def acquire_source(spec: SourceSpec, *, pin: KernelPin | None = None, cache: Pat
             _verify(tarball, sha, str(tarball))
         tree = _extract(tarball, sha, sources)
         version = tree_version(tree)
-        info = SourceInfo(kind=spec.kind.value, version=version, sha256=sha, origin=spec.location)
+        info = _source_info(spec.kind, version=version, sha256=sha, origin=spec.location)
     if not (version == pin.series or version.startswith(pin.series + ".")):
         raise KernelSourceError(
             f"kernel source {info.origin} is Linux {version}; the fragments are written for {pin.series}",

@@ -1,17 +1,21 @@
-"""Atomic, concurrency-safe installs of a bundle into an install dir (SPEC §4).
+"""Atomic, concurrency-safe installs of a bundle into an install dir (docs/selection.md, "Installs").
 
 How an install happens (under ``.<name>.lock``, a ``filelock`` flock beside the install dir):
 
 1. every artifact is copied into a fresh temp dir *beside* the install dir (same filesystem),
    hashed while it is copied (so what was written is what was checked), fsynced;
    ``version.json`` (the source's exact bytes) and the install record follow; the dir is fsynced;
-2. the temp dir is swapped with the install dir in one ``renameat2(RENAME_EXCHANGE)``
-   (or ``rename`` when there is no previous install), the parent dir is fsynced;
+2. the temp dir is swapped with the install dir by :func:`vz_linux.fsutil.swap_in` (one
+   ``renameat2(RENAME_EXCHANGE)``, or ``rename`` when there is no previous install), the parent
+   dir is fsynced;
 3. the old install, now at the temp name, is deleted.
 
 A SIGKILL before step 2 leaves the previous install untouched (plus a stale temp dir the next
-install removes); after it, the new install is complete. Readers never see a mixture: the
-install dir is replaced as a whole, and the fast check reads it through one directory fd.
+install removes); after it, the new install is complete. Where the filesystem has no
+``RENAME_EXCHANGE``, ``swap_in`` renames the old install to the temp name with ``.install-``
+replaced by ``.old-`` for a moment; :func:`_recover` puts it back after a crash there. Readers
+never see a mixture: the install dir is replaced as a whole, and the fast check reads it through
+one directory fd.
 
 The fast "already installed and intact" check trusts the install record (``layout.INSTALL_RECORD``):
 it compares the installed ``version.json`` with the record's hash, and every artifact's inode,
@@ -19,41 +23,48 @@ size, mtime and ctime with what was recorded right after the install hashed it. 
 truncate, chmod, rename-over or replace changes ctime or the inode, so ordinary corruption falls
 back to a full re-hash; only someone able to reset ctime (i.e. change the clock as root) could
 fool it. ``vz-linux verify`` never uses the record: it always re-hashes.
+
+Fault injection: :data:`on_stage`, ``None`` in production, is called at the named points of an
+install so a test can hold (and SIGKILL) an installer exactly there.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import hashlib
 import os
 import shutil
 import stat
 import tempfile
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import filelock
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
 from .. import layout
 from ..errors import ChecksumMismatchError, InstallError, InvalidMetadataError, MissingArtifactsError
+from ..fsutil import fsync_dir, swap_in, write_atomic
 from ..hashing import sha256_bytes
 from ..profiles import KernelCapability, KernelProfile
-from .metadata import BundleMetadata, fsync_dir, write_atomic
+from .metadata import BundleMetadata
 from .model import KernelBundle, bundle_from_metadata, check_regular, check_selection, validate_bundle
 
 LOCK_TIMEOUT_S = 600.0
 _CHUNK = 1 << 20
-_RENAME_EXCHANGE = 2
-# Test-only hook: when set, an install writes this file (containing its pid) at the stage named by
-# VZ_LINUX_TEST_PAUSE_STAGE ("copying": after the first artifact, default; "swapped": after the
-# directory swap, before the old install is deleted) and then sleeps until killed.
-TEST_PAUSE_ENV = "VZ_LINUX_TEST_PAUSE_INSTALL"
-TEST_PAUSE_STAGE_ENV = "VZ_LINUX_TEST_PAUSE_STAGE"
+
+InstallStage = Literal["copying", "swapped"]
+"""Where :data:`on_stage` is called: ``"copying"`` right after the first artifact is copied into the
+temp dir (the previous install untouched); ``"swapped"`` right after the swap, before the old
+install (now at the temp name) is deleted."""
+
+on_stage: Callable[[InstallStage], None] | None = None
+"""Fault-injection point for tests, ``None`` in production: called with each :data:`InstallStage`
+an install reaches, under the install lock. ``tests/foundation/test_reliability.py`` sets it in an
+installer subprocess to pause there and SIGKILL it (docs/selection.md)."""
 
 
 class _Stamp(BaseModel):
@@ -175,13 +186,9 @@ def install_lock(install_dir: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator
 
 
 # --- the install ----------------------------------------------------------------------------------
-def _test_pause(stage: str) -> None:
-    marker = os.environ.get(TEST_PAUSE_ENV)
-    if not marker or os.environ.get(TEST_PAUSE_STAGE_ENV, "copying") != stage:
-        return
-    Path(marker).write_text(f"{os.getpid()}\n")
-    while True:  # the test SIGKILLs us here
-        time.sleep(3600)
+def _reached(stage: InstallStage) -> None:
+    if on_stage is not None:
+        on_stage(stage)
 
 
 def _copy_hashed(src_dir_fd: int, src: Path, dst: Path) -> str:
@@ -225,56 +232,17 @@ def _write_new(path: Path, data: bytes) -> None:
     os.chmod(path, 0o644)
 
 
-_libc: ctypes.CDLL | None = None
-
-
-def _exchange(a: Path, b: Path) -> None:
-    """Atomically swap two directory entries (Linux renameat2 RENAME_EXCHANGE)."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    at_fdcwd = -100
-    rc = _libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
-    if rc != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), str(a))
-
-
-def swap_in(tmp: Path, install_dir: Path) -> None:
-    """Atomically make directory ``tmp`` the ``install_dir``; the previous one (if any) ends up at ``tmp``.
-
-    Public for other writers of whole bundle dirs (the build's ``linux/out``); the caller deletes
-    ``tmp`` afterwards and should fsync the parent.
-    """
-    if install_dir.is_symlink() or (install_dir.exists() and not install_dir.is_dir()):
-        raise InstallError(
-            f"install dir {install_dir} exists and is not a directory",
-            hint="remove it or pass another --install-dir",
-        )
-    if not install_dir.exists():
-        os.rename(tmp, install_dir)
-        return
-    try:
-        _exchange(tmp, install_dir)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-            raise
-        # No RENAME_EXCHANGE on this filesystem: two renames; _recover() repairs the gap after a crash.
-        old = tmp.with_name(tmp.name.replace(".install-", ".old-"))
-        os.rename(install_dir, old)
-        os.rename(tmp, install_dir)
-        os.rename(old, tmp)
-
-
-_swap_in = swap_in  # the name userland.py imported first
-
-
 def _stale_prefixes(install_dir: Path) -> tuple[str, str]:
     return f".{install_dir.name}.install-", f".{install_dir.name}.old-"
 
 
 def _recover(install_dir: Path) -> None:
-    """Under the lock: undo a crashed fallback swap, delete temp dirs of crashed installs."""
+    """Under the lock: undo a crashed fallback swap, delete temp dirs of crashed installs.
+
+    A crash inside :func:`vz_linux.fsutil.swap_in`'s two-rename fallback leaves no install dir
+    and the previous install at ``.<name>.old-*`` (the temp dir's name with ``.install-`` replaced
+    by ``.old-``): it is renamed back first.
+    """
     install_prefix, old_prefix = _stale_prefixes(install_dir)
     parent = install_dir.parent
     entries = sorted(parent.iterdir()) if parent.is_dir() else []
@@ -291,7 +259,12 @@ def _recover(install_dir: Path) -> None:
 def _install_locked(src: _Source, install_dir: Path) -> None:
     source, meta_bytes, metadata = src.root, src.meta_bytes, src.metadata
     _recover(install_dir)
+    if install_dir.is_symlink() or (install_dir.exists() and not install_dir.is_dir()):
+        raise InstallError(f"install dir {install_dir} exists and is not a directory",
+                           hint="remove it or pass another --install-dir")
     install_prefix, _ = _stale_prefixes(install_dir)
+    # Staged by hand rather than with fsutil.publish_dir so that on_stage("swapped") can sit
+    # between the swap and the deletion of the old install.
     tmp = Path(tempfile.mkdtemp(prefix=install_prefix, dir=install_dir.parent))
     try:
         os.chmod(tmp, 0o755)
@@ -305,14 +278,14 @@ def _install_locked(src: _Source, install_dir: Path) -> None:
                 )
             stamps[name] = _Stamp.of((tmp / name).lstat(), actual)
             if i == 0:
-                _test_pause("copying")
+                _reached("copying")
         _write_new(tmp / layout.METADATA, meta_bytes)
         record = InstallRecord(metadata_sha256=sha256_bytes(meta_bytes), source=str(source.resolve()), files=stamps)
         _write_new(tmp / layout.INSTALL_RECORD, (record.model_dump_json(indent=2) + "\n").encode())
         fsync_dir(tmp)
         swap_in(tmp, install_dir)
         fsync_dir(install_dir.parent)
-        _test_pause("swapped")
+        _reached("swapped")
     except OSError as e:
         raise InstallError(
             f"installing into {install_dir} failed: {e.strerror or e}",
@@ -326,7 +299,7 @@ def _install_locked(src: _Source, install_dir: Path) -> None:
 @dataclass(frozen=True)
 class _Source:
     """A source bundle read through one directory fd, so a concurrent rebuild that swaps the
-    directory (userland.assemble_bundle) cannot make us mix files of two builds."""
+    directory (:func:`vz_linux.build.assemble.assemble_bundle`) cannot make us mix files of two builds."""
 
     root: Path
     dir_fd: int
@@ -386,7 +359,7 @@ def _identical(snap: _Snapshot | None, meta_bytes: bytes, sizes: dict[str, int])
 
 def install_bundle(
     source: Path,
-    install_dir: Path,
+    install_dir: Path | None = None,
     *,
     profile: KernelProfile | None = None,
     required_capabilities: Iterable[KernelCapability] = frozenset(),
@@ -394,14 +367,19 @@ def install_bundle(
 ) -> KernelBundle:
     """Validate ``source`` and install it into ``install_dir`` unless an identical intact install is there.
 
-    Safe to call from many processes at once: they serialise on the install lock and all return
-    the same installed bundle. Raises the typed errors of :mod:`vz_linux.bundle.model` for a bad
-    source (nothing is installed then) and :class:`InstallError` for an unwritable target.
+    ``install_dir`` None: the default install dir (``~/.vz/linux/<profile>/``) of ``profile``, or
+    of the source's own profile when ``profile`` is None. Safe to call from many processes at
+    once: they serialise on the install lock and all return the same installed bundle. Raises the
+    typed errors of :mod:`vz_linux.bundle.model` for a bad source (nothing is installed then) and
+    :class:`InstallError` for an unwritable target.
     """
-    source, install_dir = Path(source), Path(install_dir)
+    source = Path(source)
     with _open_source(source) as src:
         check_selection(src.metadata, source, profile=profile, required_capabilities=required_capabilities,
                         require_exact_agent_version=require_exact_agent_version)
+        if install_dir is None:
+            install_dir = layout.default_install_dir(profile or src.metadata.profile)
+        install_dir = Path(install_dir)
         sizes = src.sizes()
         if not _identical(_snapshot(install_dir), src.meta_bytes, sizes):
             with install_lock(install_dir):
@@ -472,10 +450,4 @@ def read_install_record(install_dir: Path) -> InstallRecord | None:
         return InstallRecord.model_validate_json((Path(install_dir) / layout.INSTALL_RECORD).read_bytes())
     except (OSError, ValidationError):
         return None
-
-
-def remove_stale(install_dir: Path) -> None:
-    """Delete leftovers of crashed installs (temp dirs) beside ``install_dir``; needs the lock."""
-    with install_lock(install_dir):
-        _recover(install_dir)
 

@@ -1,4 +1,4 @@
-"""The ``version.json`` model (SPEC §1): reading, writing, the seed's format, the JSON Schema.
+"""The ``version.json`` model (docs/selection.md): reading, writing, the seed's format, the JSON Schema.
 
 One pydantic model is the single declaration: validation of untrusted files, the constructor the
 build uses, the serialisation and the published schema (``schemas/version.schema.json``, regenerated
@@ -31,8 +31,7 @@ from pydantic import (
 from .. import layout
 from ..arch import Architecture
 from ..errors import InvalidMetadataError
-from ..fsutil import fsync_dir as fsync_dir
-from ..fsutil import write_atomic as write_atomic
+from ..fsutil import write_atomic
 from ..hashing import sha256_file
 from ..profiles import KernelCapability, KernelProfile
 from ..version import METADATA_SCHEMA_VERSION

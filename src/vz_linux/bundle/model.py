@@ -1,4 +1,4 @@
-"""A kernel bundle on disk (SPEC §1) and its validation (SPEC §4).
+"""A kernel bundle on disk and its validation (docs/selection.md, "Validation").
 
 :func:`load_bundle` parses ``version.json`` and checks that every artifact it names is present
 and a regular file; :func:`validate_bundle` adds the selection checks (profile, guest-agent
@@ -87,7 +87,8 @@ class KernelBundle:
         }
 
 
-def _from_metadata(root: Path, metadata: BundleMetadata) -> KernelBundle:
+def bundle_from_metadata(root: Path, metadata: BundleMetadata) -> KernelBundle:
+    """A :class:`KernelBundle` for ``root`` whose metadata and files the caller has checked."""
     return KernelBundle(
         root=root,
         paths=layout.BundlePaths(root),
@@ -159,7 +160,7 @@ def load_bundle(root: Path) -> KernelBundle:
     root = Path(root)
     metadata = read_metadata(root)
     check_artifacts_present(root, metadata)
-    return _from_metadata(root, metadata)
+    return bundle_from_metadata(root, metadata)
 
 
 def check_selection(
@@ -170,7 +171,8 @@ def check_selection(
     required_capabilities: Iterable[KernelCapability],
     require_exact_agent_version: bool,
 ) -> None:
-    """The metadata-only checks of SPEC §4 (no file access): profile, agent, capabilities."""
+    """The metadata-only validation steps 3 to 5 of docs/selection.md (no file access): profile, agent,
+    capabilities."""
     if profile is not None and metadata.profile is not profile:
         raise ProfileMismatchError(
             f"bundle {where} is a {metadata.profile.value} bundle, not {profile.value}",
@@ -246,10 +248,4 @@ def validate_bundle(
         require_exact_agent_version=require_exact_agent_version,
     )
     verify_checksums(root, metadata)
-    return _from_metadata(root, metadata)
-
-
-def bundle_from_metadata(root: Path, metadata: BundleMetadata) -> KernelBundle:
-    """A :class:`KernelBundle` for files already checked by the caller (install fast path)."""
-    return _from_metadata(root, metadata)
-
+    return bundle_from_metadata(root, metadata)

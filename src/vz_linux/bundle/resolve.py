@@ -1,4 +1,4 @@
-"""The selection API (SPEC §4): find, validate and install the bundle a caller asks for.
+"""The selection API (docs/selection.md): find, validate and install the bundle a caller asks for.
 
 Resolution order for the bundle to install (first that applies wins):
 
@@ -109,7 +109,7 @@ def _same_path(a: Path, b: Path) -> bool:
 
 
 def ensure_kernel_bundle(options: KernelBundleOptions | None = None) -> KernelBundle:
-    """The validated, installed bundle for ``options`` (SPEC §4). Raises one typed error otherwise."""
+    """The validated, installed bundle for ``options`` (docs/selection.md). Raises one typed error otherwise."""
     options = options or KernelBundleOptions()
     res = resolve(options)
     def checked(load: Callable[..., KernelBundle], where: Path, *args: Path) -> KernelBundle:

@@ -1,4 +1,4 @@
-"""``vz-linux-bench``: cold boot → agent-ready latency of a bundle (SPEC §6; the seed's flags kept)."""
+"""``vz-linux-bench``: cold boot → agent-ready latency of a bundle (docs/vm.md; the seed's flags kept)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`vz-linux install`, `ensure`, `verify`: thin shims over :mod:`vz_linux.bundle.resolve` / `install` / `bundle`."""
+"""``vz-linux install``, ``ensure``, ``verify``: thin shims over :mod:`vz_linux.bundle` (install, resolve, model)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from typing import Any
 import click
 from rich.table import Table
 
-from .. import layout
 from ..bundle.install import install_bundle
-from ..bundle.model import KernelBundle, read_metadata, validate_bundle
+from ..bundle.model import KernelBundle, validate_bundle
 from ..bundle.resolve import KernelBundleOptions, ensure_kernel_bundle, resolve
 from ..errors import VzLinuxError
 from ..profiles import KernelCapability, KernelProfile
@@ -73,11 +72,8 @@ _json = click.option("--json", "as_json", is_flag=True, help="Machine-readable o
 def install_cmd(bundle_dir: Path, install_dir: Path | None, profile: str | None, require: tuple[str, ...],
                 no_version_check: bool, as_json: bool) -> None:
     """Validate the bundle in BUNDLE_DIR and install it atomically."""
-    expected = _profile(profile)
-    caps = _capabilities(require)
-    target_profile = expected or read_metadata(bundle_dir).profile
-    target = install_dir if install_dir is not None else layout.default_install_dir(target_profile)
-    bundle = install_bundle(bundle_dir, target, profile=expected, required_capabilities=caps,
+    bundle = install_bundle(bundle_dir, install_dir, profile=_profile(profile),
+                            required_capabilities=_capabilities(require),
                             require_exact_agent_version=not no_version_check)
     if as_json:
         _print_json({"ok": True, **bundle.summary()})

@@ -6,7 +6,6 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
 from types import FrameType
 from typing import NoReturn
 
@@ -61,10 +60,3 @@ def run_cli(command: click.Command, prog: str, args: list[str] | None = None) ->
         e.show()
         sys.exit(EXIT_USAGE if isinstance(e, click.UsageError) else e.exit_code)
     sys.exit(rv if isinstance(rv, int) else 0)
-
-
-def entry_point(command: click.Command, prog: str) -> Callable[[], NoReturn]:
-    def main() -> NoReturn:
-        run_cli(command, prog)
-
-    return main

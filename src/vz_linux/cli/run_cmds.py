@@ -11,6 +11,7 @@ from ..arch import Architecture
 from ..errors import AgentError
 from ..profiles import KernelProfile
 from ..vm.accel import AccelChoice
+from ..vm.agent_protocol import Stream
 from ..vm.guest_source import GuestSource
 from ..vm.linux_vm import LinuxVm
 from .common import err_console
@@ -23,7 +24,7 @@ def run_in_guest(vm: LinuxVm, argv: list[str], timeout: float | None) -> int:
     """Stream the command's stdout/stderr to ours; return its exit code (128+N for signal N)."""
     stream = vm.exec_stream(argv, timeout=timeout)
     for chunk in stream:
-        out = sys.stderr.buffer if chunk.stream.name == "STDERR" else sys.stdout.buffer
+        out = sys.stderr.buffer if chunk.stream is Stream.STDERR else sys.stdout.buffer
         out.write(chunk.data)
         out.flush()
     result = stream.wait()

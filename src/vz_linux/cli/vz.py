@@ -9,11 +9,17 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 import click
+from rich.table import Table
 
+from ..oci import lifecycle
+from ..oci.config import RuntimeConfig, default_data_dir
+from ..oci.container import ContainerRequest, Sink, run_foreground
+from ..oci.spec import Volume, parse_env
 from ..profiles import KernelProfile
+from ..vm.descriptor import InitRequest, init_vm
 from .common import out_console, run_cli, setup_logging
 
 _PROFILES = click.Choice([p.value for p in KernelProfile])
@@ -21,7 +27,7 @@ _PROFILES = click.Choice([p.value for p in KernelProfile])
 _POSITIONAL_TAIL = {"allow_interspersed_args": False, "help_option_names": ["-h", "--help"]}
 
 
-def _write(stream: Any) -> Any:
+def _write(stream: TextIO) -> Sink:
     def sink(data: bytes) -> None:
         stream.buffer.write(data)
         stream.buffer.flush()
@@ -48,9 +54,7 @@ def _data_dir_option(f: Any) -> Any:
 
 
 def _config(data_dir: Path | None, profile: str | None = None, net: bool = False, cpus: int = 1,
-            memory: int = 256, exec_timeout: float | None = None) -> Any:
-    from ..oci.config import RuntimeConfig, default_data_dir
-
+            memory: int = 256, exec_timeout: float | None = None) -> RuntimeConfig:
     return RuntimeConfig(
         linux_profile=KernelProfile.parse(profile) if profile else None,
         data_dir=data_dir or default_data_dir(), cpus=cpus, memory_mib=memory, network=net,
@@ -87,10 +91,7 @@ def _command(command: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _request(image: str, command: tuple[str, ...], env: tuple[str, ...], workdir: str | None,
-             volumes: tuple[str, ...], name: str | None) -> Any:
-    from ..oci.container import ContainerRequest
-    from ..oci.spec import Volume, parse_env
-
+             volumes: tuple[str, ...], name: str | None) -> ContainerRequest:
     return ContainerRequest(image=image, command=_command(command), env=parse_env(env), workdir=workdir,
                             volumes=tuple(Volume.parse(v) for v in volumes), name=name)
 
@@ -102,8 +103,6 @@ def run(remove: bool, profile: str | None, name: str | None, env: tuple[str, ...
         volumes: tuple[str, ...], net: bool, cpus: int, memory: int, exec_timeout: float | None,
         data_dir: Path | None, image: str, command: tuple[str, ...]) -> int:
     """Run CMD in a container from IMAGE; exit with its exit code."""
-    from ..oci.container import run_foreground
-
     cfg = _config(data_dir, profile, net, cpus, memory, exec_timeout)
     req = _request(image, command, env, workdir, volumes, name)
     return run_foreground(cfg, req, remove=remove, on_stdout=_write(sys.stdout), on_stderr=_write(sys.stderr))
@@ -115,10 +114,8 @@ def create(profile: str | None, name: str | None, env: tuple[str, ...], workdir:
            volumes: tuple[str, ...], net: bool, cpus: int, memory: int, exec_timeout: float | None,
            data_dir: Path | None, image: str, command: tuple[str, ...]) -> int:
     """Boot a VM for a container from IMAGE and prepare it; print its id (start it with `start`)."""
-    from ..oci.lifecycle import create as do_create
-
     cfg = _config(data_dir, profile, net, cpus, memory, exec_timeout)
-    state = do_create(cfg, _request(image, command, env, workdir, volumes, name))
+    state = lifecycle.create(cfg, _request(image, command, env, workdir, volumes, name))
     click.echo(state.id)
     return 0
 
@@ -128,9 +125,7 @@ def create(profile: str | None, name: str | None, env: tuple[str, ...], workdir:
 @click.argument("container")
 def start(data_dir: Path | None, container: str) -> int:
     """Start a created container's process (in the background; see `logs`)."""
-    from ..oci.lifecycle import start as do_start
-
-    click.echo(do_start(_config(data_dir), container).id)
+    click.echo(lifecycle.start(_config(data_dir), container).id)
     return 0
 
 
@@ -143,10 +138,8 @@ def start(data_dir: Path | None, container: str) -> int:
 def exec_(env: tuple[str, ...], workdir: str | None, data_dir: Path | None, container: str,
           command: tuple[str, ...]) -> int:
     """Run CMD inside a running container; exit with its exit code."""
-    from ..oci.lifecycle import exec_in
-
-    return exec_in(_config(data_dir), container, _command(command), env=env, cwd=workdir,
-                   on_stdout=_write(sys.stdout), on_stderr=_write(sys.stderr))
+    return lifecycle.exec_in(_config(data_dir), container, _command(command), env=env, cwd=workdir,
+                             on_stdout=_write(sys.stdout), on_stderr=_write(sys.stderr))
 
 
 @oci.command()
@@ -155,11 +148,7 @@ def exec_(env: tuple[str, ...], workdir: str | None, data_dir: Path | None, cont
 @_data_dir_option
 def ps(all_: bool, as_json: bool, data_dir: Path | None) -> int:
     """List containers."""
-    from rich.table import Table
-
-    from ..oci.lifecycle import ps as do_ps
-
-    rows = do_ps(_config(data_dir), all_=all_)
+    rows = lifecycle.ps(_config(data_dir), all_=all_)
     if as_json:
         click.echo(json.dumps([r.to_json() for r in rows], indent=2))
         return 0
@@ -180,11 +169,9 @@ def ps(all_: bool, as_json: bool, data_dir: Path | None) -> int:
 @click.argument("containers", nargs=-1, required=True)
 def stop(timeout: float, data_dir: Path | None, containers: tuple[str, ...]) -> int:
     """Stop containers (SIGTERM, then SIGKILL) and shut their VMs down."""
-    from ..oci.lifecycle import stop as do_stop
-
     cfg = _config(data_dir)
     for c in containers:
-        click.echo(do_stop(cfg, c, timeout=timeout).id)
+        click.echo(lifecycle.stop(cfg, c, timeout=timeout).id)
     return 0
 
 
@@ -194,11 +181,9 @@ def stop(timeout: float, data_dir: Path | None, containers: tuple[str, ...]) -> 
 @click.argument("containers", nargs=-1, required=True)
 def rm(force: bool, data_dir: Path | None, containers: tuple[str, ...]) -> int:
     """Remove containers and their state."""
-    from ..oci.lifecycle import remove
-
     cfg = _config(data_dir)
     for c in containers:
-        click.echo(remove(cfg, c, force=force))
+        click.echo(lifecycle.remove(cfg, c, force=force))
     return 0
 
 
@@ -207,9 +192,7 @@ def rm(force: bool, data_dir: Path | None, containers: tuple[str, ...]) -> int:
 @click.argument("container")
 def logs(data_dir: Path | None, container: str) -> int:
     """Print a container's stdout and stderr."""
-    from ..oci.lifecycle import logs as do_logs
-
-    out, err = do_logs(_config(data_dir), container)
+    out, err = lifecycle.logs(_config(data_dir), container)
     _write(sys.stdout)(out)
     _write(sys.stderr)(err)
     return 0
@@ -237,8 +220,6 @@ def linux() -> None:
 def init(name: str, output_dir: Path | None, disk_size_gb: int | None, profile: str | None,
          kernel: Path | None, initramfs: Path | None, version_json: Path | None, force: bool) -> int:
     """Validate the kernel artifacts, create the disk image and write NAME.linux.json."""
-    from ..vm.descriptor import InitRequest, init_vm
-
     result = init_vm(InitRequest(
         name=name, output_dir=output_dir, disk_size_gb=disk_size_gb,
         profile=KernelProfile.parse(profile) if profile else None,

@@ -5,19 +5,18 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from .. import layout
+from ..bundle.model import KernelBundle
 from ..bundle.resolve import ensure_installed_profile
 from ..errors import InvalidConfigError
 from ..profiles import KernelProfile
 
-if TYPE_CHECKING:
-    from ..bundle.model import KernelBundle
-
 AGENT_READY_TIMEOUT_ENV = "VZ_AGENT_READY_TIMEOUT_SECS"
 DATA_DIR_ENV = "VZ_OCI_DATA_DIR"
-DEFAULT_AGENT_READY_TIMEOUT = 60.0  # TCG boots take ~2 s; a loaded CI host needs far more headroom
+# Far above a boot's usual time to agent-ready (docs/oci.md, "Performance"): a loaded CI host
+# under TCG is many times slower than an idle one.
+DEFAULT_AGENT_READY_TIMEOUT = 60.0
 
 
 def default_data_dir() -> Path:

@@ -16,10 +16,12 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ..errors import ContainerStateError, OciError
+from ..bundle.model import KernelBundle
+from ..errors import OciError
 from ..profiles import KernelProfile
+from ..vm.agent_protocol import Stream
+from ..vm.linux_vm import LinuxVm, VmConfig, VmShare
 from . import guest
 from .config import RuntimeConfig
 from .image import Rootfs, find_command, prepare_image
@@ -34,10 +36,6 @@ from .state import (
     now,
     same_file_or_copy,
 )
-
-if TYPE_CHECKING:
-    from ..bundle.model import KernelBundle
-    from ..vm.linux_vm import LinuxVm, VmConfig
 
 Sink = Callable[[bytes], None]
 _TAIL = 4096
@@ -130,8 +128,6 @@ class ContainerVm:
         self.timings: dict[str, float] = {}
 
     def vm_config(self) -> VmConfig:
-        from ..vm.linux_vm import VmConfig, VmShare
-
         shares = [VmShare(guest.IMAGE_TAG, Path(self.state.rootfs)), VmShare(guest.CTL_TAG, self.cdir)]
         shares += [VmShare(guest.volume_tag(i), v.source) for i, v in enumerate(self.state.volumes)]
         return VmConfig.from_bundle(
@@ -145,8 +141,6 @@ class ContainerVm:
         )
 
     def __enter__(self) -> ContainerVm:
-        from ..vm.linux_vm import LinuxVm
-
         try:
             t0 = time.monotonic()
             self._vm = self._stack.enter_context(LinuxVm(self.vm_config()))
@@ -171,8 +165,6 @@ class ContainerVm:
 
     def _exec(self, argv: Sequence[str], on_stdout: Sink, on_stderr: Sink,
               timeout: float | None = None) -> int:
-        from ..vm.agent_protocol import Stream
-
         stream = self.vm.exec_stream(list(argv), timeout=timeout)
         for chunk in stream:
             (on_stderr if chunk.stream is Stream.STDERR else on_stdout)(chunk.data)
@@ -208,25 +200,21 @@ class ContainerVm:
         finally:
             out.close()
             err.close()
-        return _not_found_is_127(code, err.tail, self.state.args[0])
+        return _not_found_is_127(code, err.tail)
 
     def exec(self, args: Sequence[str], env: Sequence[str], cwd: str | None,
              on_stdout: Sink, on_stderr: Sink) -> int:
         err = _Tee(on_stderr, None)
         code = self._exec(guest.crun_exec(self.state.id, args, env, cwd), on_stdout, err,
                           self.cfg.exec_timeout)
-        return _not_found_is_127(code, err.tail, args[0])
+        return _not_found_is_127(code, err.tail)
 
     def kill(self, signal: str) -> int:
         code, _ = self._collect(guest.crun_kill(self.state.id, signal), timeout=30)
         return code
 
-    def ps(self) -> str:
-        _code, out = self._collect(guest.crun_ps(self.state.id), timeout=30)
-        return out.decode(errors="replace")
 
-
-def _not_found_is_127(code: int, stderr_tail: bytes, argv0: str) -> int:
+def _not_found_is_127(code: int, stderr_tail: bytes) -> int:
     return 127 if guest.looks_like_not_found(code, stderr_tail) else code
 
 
@@ -264,9 +252,3 @@ def run_foreground(cfg: RuntimeConfig, req: ContainerRequest, *, remove: bool,
         if remove:
             store.remove(state.id)
 
-
-def require_status(state: ContainerState, allowed: set[Status], action: str, actual: Status) -> None:
-    if actual not in allowed:
-        raise ContainerStateError(
-            f"cannot {action} container {state.name}: it is {actual.value}",
-            hint="see `vz oci ps -a`")

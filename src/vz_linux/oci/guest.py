@@ -88,10 +88,6 @@ def crun_kill(container_id: str, signal: str) -> list[str]:
     return crun_argv("kill", container_id, signal)
 
 
-def crun_ps(container_id: str) -> list[str]:
-    return crun_argv("ps", container_id)
-
-
 def looks_like_not_found(exit_code: int, stderr_tail: bytes) -> bool:
     # `crun run` exits 1, `crun exec` 255 when execve fails.
     return exit_code in (1, 255) and any(m in stderr_tail for m in CRUN_NOT_FOUND_MARKERS)

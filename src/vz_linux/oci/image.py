@@ -3,7 +3,9 @@
 IMAGE is either a root filesystem directory or an OCI image layout directory (``oci-layout`` +
 ``index.json``), optionally ``DIR:TAG``. Layouts are unpacked with Debian's ``umoci`` — a
 well-kept implementation of the image spec (layer order, whiteouts, ownership) — once per
-manifest digest into the data dir's image cache, atomically (unpack into a temp dir, rename).
+manifest digest into the data dir's image cache, atomically (:func:`vz_linux.fsutil.publish_dir`:
+unpacked beside the cache entry, renamed into place; when two processes unpack the same digest at
+once, the first one's is kept).
 The image's own defaults (entrypoint + cmd, env, working dir) come from umoci's generated
 runtime config.
 """
@@ -14,14 +16,13 @@ import contextlib
 import json
 import os
 import posixpath
-import shutil
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import CommandNotFoundError, ImageError
+from ..fsutil import publish_dir
 from ..run import run
 
 # Directories at least one of which every usable root filesystem has.
@@ -104,22 +105,14 @@ def unpack_layout(layout_dir: Path, tag: str | None, images_dir: Path) -> Rootfs
     chosen, digest = _manifest_for(layout_dir, tag)
     target = images_dir / digest.replace(":", "-")
     if not (target / "rootfs").is_dir():
-        images_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".unpack-", dir=images_dir))
-        try:
-            bundle = tmp / "bundle"
-            argv = ["umoci", "unpack"]
-            if os.geteuid() != 0:
-                argv.append("--rootless")
-            run([*argv, "--image", f"{layout_dir}:{chosen}", str(bundle)])
-            try:
-                bundle.rename(target)
-            except OSError:
-                # Another process unpacked the same digest first: theirs is as good as ours.
-                if not (target / "rootfs").is_dir():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        argv = ["umoci", "unpack"]
+        if os.geteuid() != 0:
+            argv.append("--rootless")
+        # Content-addressed: a concurrent unpack of the same digest is as good as ours.
+        with publish_dir(target, prefix=".unpack-") as stage:
+            run([*argv, "--image", f"{layout_dir}:{chosen}", str(stage)])
+        if not (target / "rootfs").is_dir():
+            raise ImageError(f"the image cache entry {target} has no rootfs/", hint=f"remove {target}")
     try:
         runtime_config = json.loads((target / "config.json").read_text())
     except (OSError, ValueError):

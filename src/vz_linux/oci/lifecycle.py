@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import shlex
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -156,8 +157,6 @@ class PsRow:
 
 
 def ps(cfg: RuntimeConfig, *, all_: bool = False) -> list[PsRow]:
-    import shlex
-
     store = store_for(cfg)
     rows = []
     for st in store.list():

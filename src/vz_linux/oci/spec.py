@@ -1,7 +1,7 @@
 """The OCI runtime-spec ``config.json`` a container runs from, and the user's volume syntax.
 
 Namespaces follow what the profile's kernel has: the container profile builds without PID, IPC,
-UTS, user and time namespaces (SPEC §2), so asking crun for them would fail at start. Without
+UTS, user and time namespaces (docs/profiles.md), so asking crun for them would fail at start. Without
 ``--net`` the container gets its own network namespace (loopback only); with it, it shares the
 VM's network, which is the sandbox boundary anyway.
 """
@@ -18,7 +18,7 @@ from ..profiles import KernelProfile
 
 OCI_VERSION = "1.0.2"
 
-# Namespaces each profile's kernel provides (SPEC §2: container = mount + network only).
+# Namespaces each profile's kernel provides (docs/profiles.md: container = mount + network only).
 PROFILE_NAMESPACES: dict[KernelProfile, tuple[str, ...]] = {
     KernelProfile.container: ("mount", "network"),
     KernelProfile.developer: ("mount", "network", "pid", "ipc", "uts"),

@@ -10,7 +10,6 @@ never mistaken for it.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import enum
 import json
 import os
@@ -23,8 +22,9 @@ from typing import Any
 
 from filelock import FileLock
 
-from ..bundle.metadata import write_atomic
+from ..clock import utc_timestamp
 from ..errors import ContainerStateError, InvalidConfigError
+from ..fsutil import write_atomic
 from .spec import Volume
 
 STATE_FILE = "state.json"
@@ -49,7 +49,8 @@ LIVE = frozenset({Status.creating, Status.created, Status.running})
 
 
 def now() -> str:
-    return _dt.datetime.now(_dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """The current UTC time as recorded in ``state.json``, e.g. ``2026-12-04T16:19:21.123Z``."""
+    return utc_timestamp(timespec="milliseconds")
 
 
 @dataclass(frozen=True)

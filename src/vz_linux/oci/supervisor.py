@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -309,8 +310,6 @@ class Supervisor:
             self._fail(OciError("the supervisor was interrupted"))
             return 130
         except Exception as e:  # a bug: keep the traceback in supervisor.log, report one line
-            import traceback
-
             traceback.print_exc()
             self._fail(OciError(f"supervisor crashed: {type(e).__name__}: {e}"))
             return 1

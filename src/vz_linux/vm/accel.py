@@ -1,11 +1,12 @@
-"""Pick the accelerator: ``auto`` proves KVM works before using it, else TCG (SPEC §8).
+"""Pick the accelerator: ``auto`` proves KVM works before using it, else TCG (docs/vm.md, "Accelerator").
 
-The mere presence of ``/dev/kvm`` proves nothing here: it exists but runs guests about a thousand
-times slower than native and QEMU hangs in early boot. So ``auto`` runs a real guest through the
-KVM API — a few bytes of real-mode code that count down a 16M-iteration loop and report through an
-``out`` instruction — in a child process under a short deadline. Natively that takes milliseconds;
-a broken or crawling KVM misses the deadline. The verdict is cached per boot of the host
-(``/proc/sys/kernel/random/boot_id``), because KVM's health does not change while the host runs.
+The mere presence of ``/dev/kvm`` proves nothing: a host's KVM can exist and still run guests far
+slower than native, and QEMU then hangs in early boot (docs/vm.md names such a host). So ``auto``
+runs a real guest through the KVM API — a few bytes of real-mode code that count down a
+16M-iteration loop and report through an ``out`` instruction — in a child process under a short
+deadline. Natively that takes milliseconds; a broken or crawling KVM misses the deadline. The
+verdict is cached per boot of the host (``/proc/sys/kernel/random/boot_id``), because KVM's health
+does not change while the host runs.
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InvalidConfigError, VmError
+from ..fsutil import write_atomic
 from ..layout import cache_root
+from ..run import libc, spawn
 from .qemu import Accel
 
-log = logging.getLogger("vz_linux.vm.accel")
+log = logging.getLogger(__name__)
 
 KVM_DEVICE = Path("/dev/kvm")
 PROBE_DEADLINE_SECS = 5.0
@@ -67,7 +70,7 @@ class AccelChoice(enum.StrEnum):
 @dataclass(frozen=True)
 class AccelVerdict:
     accel: Accel
-    reason: str  # why this one was chosen: shown to the user ("KVM probe timed out after 5s: using TCG")
+    reason: str  # why this one was chosen, shown to the user ("no /dev/kvm: using TCG")
 
 
 def _boot_id() -> str:
@@ -86,7 +89,6 @@ def kvm_smoke_test() -> None:
 
     Called in a child process (``python -m vz_linux.vm.accel``) so a hang can be killed.
     """
-    libc = ctypes.CDLL(None, use_errno=True)
     kvm = os.open(KVM_DEVICE, os.O_RDWR | os.O_CLOEXEC)
     if fcntl.ioctl(kvm, _KVM_GET_API_VERSION) != 12:
         raise RuntimeError("unexpected KVM API version")
@@ -98,7 +100,7 @@ def kvm_smoke_test() -> None:
     fcntl.ioctl(vm, _KVM_SET_USER_MEMORY_REGION, region)
     vcpu = fcntl.ioctl(vm, _KVM_CREATE_VCPU, 0)
     run_size = fcntl.ioctl(kvm, _KVM_GET_VCPU_MMAP_SIZE, 0)
-    run = mmap.mmap(vcpu, run_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    kvm_run = mmap.mmap(vcpu, run_size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     sregs = bytearray(312)
     fcntl.ioctl(vcpu, _KVM_GET_SREGS, sregs)
     struct.pack_into("=Q", sregs, 0, 0)  # cs.base
@@ -109,13 +111,13 @@ def kvm_smoke_test() -> None:
     fcntl.ioctl(vcpu, _KVM_SET_REGS, struct.pack("=18Q", *regs))
     seen = None
     for _ in range(4):
-        if libc.ioctl(vcpu, _KVM_RUN, 0) != 0:
+        if libc().ioctl(vcpu, _KVM_RUN, 0) != 0:
             raise OSError(ctypes.get_errno(), "KVM_RUN failed")
-        reason = struct.unpack_from("=I", run, 8)[0]
+        reason = struct.unpack_from("=I", kvm_run, 8)[0]
         if reason == _KVM_EXIT_IO:
-            _direction, _size, port, _count, offset = struct.unpack_from("=BBHIQ", run, 32)
+            _direction, _size, port, _count, offset = struct.unpack_from("=BBHIQ", kvm_run, 32)
             if port == 0x10:
-                seen = run[offset]
+                seen = kvm_run[offset]
         elif reason == _KVM_EXIT_HLT:
             break
         else:
@@ -130,8 +132,6 @@ def probe_kvm(deadline: float = PROBE_DEADLINE_SECS) -> AccelVerdict:
         return AccelVerdict(Accel.tcg, "no /dev/kvm: using TCG")
     if not os.access(KVM_DEVICE, os.R_OK | os.W_OK):
         return AccelVerdict(Accel.tcg, "/dev/kvm is not accessible: using TCG")
-    from ..run import spawn
-
     with spawn([sys.executable, "-m", "vz_linux.vm.accel"], stderr=subprocess.PIPE) as proc:
         try:
             _, err = proc.communicate(timeout=deadline)
@@ -165,9 +165,8 @@ def resolve_accel(choice: AccelChoice | str = AccelChoice.auto, *, use_cache: bo
     log.info("accelerator: %s", verdict.reason)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"boot_id": boot_id, "accel": verdict.accel.value, "reason": verdict.reason}))
-        tmp.replace(cache)
+        write_atomic(cache, json.dumps({"boot_id": boot_id, "accel": verdict.accel.value,
+                                        "reason": verdict.reason}).encode())
     except OSError:
         pass  # a cache we cannot write only costs another probe
     return verdict

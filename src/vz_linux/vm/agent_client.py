@@ -64,10 +64,6 @@ class AgentHello:
     host_sent_ns: int  # host time.monotonic_ns() when the answered hello was sent
     host_received_ns: int  # ... and when its reply arrived
 
-    @property
-    def os_release(self) -> str:
-        return f"{self.sysname} {self.release}"
-
 
 @dataclass(frozen=True)
 class ExecOutput:
@@ -299,16 +295,18 @@ class AgentClient:
         )
 
     def wait_ready(self, timeout: float, *, attempt_timeout: float = 0.5,
-                   on_attempt: Callable[[int, float], None] | None = None) -> AgentHello:
+                   on_retry: Callable[[int, float], None] | None = None) -> AgentHello:
         """Resend hello until the agent answers (a hello sent before it opened its port is lost).
 
-        ``on_attempt(n, elapsed_s)`` is called before each attempt (progress display).
+        ``on_retry(attempt, elapsed_s)`` is called before each attempt, the first included (progress
+        display; an exception it raises ends the wait). Raises :class:`AgentTimeoutError` once
+        ``timeout`` has passed, and :class:`AgentError` at once if the channel breaks.
         """
         start = time.monotonic()
         for n in itertools.count(1):
             elapsed = time.monotonic() - start
-            if on_attempt is not None:
-                on_attempt(n, elapsed)
+            if on_retry is not None:
+                on_retry(n, elapsed)
             left = timeout - elapsed
             if left <= 0:
                 break
@@ -486,4 +484,3 @@ class ExecStream:
 
     def signal(self, sig: int) -> None:
         self._client.signal(self.exec_id, sig)
-

@@ -1,6 +1,7 @@
 """The guest agent's wire format (docs/PROTOCOL.md), host side: frames and TLV fields.
 
-Mirrors ``guest/agent/protocol.h``; a test checks the constants agree.
+Mirrors ``guest/agent/protocol.h`` (the transports and limits: ``main.c``, ``agent.h``); tests check
+the constants agree (``tests/guest/test_agent_build.py``).
 """
 
 from __future__ import annotations
@@ -126,9 +127,6 @@ class Frame:
     msg: int
     request_id: int
     fields: tuple[tuple[int, bytes], ...]
-
-    def all(self, tag: Tag) -> list[bytes]:
-        return [v for t, v in self.fields if t == tag]
 
     def raw(self, tag: Tag) -> bytes | None:
         for t, v in self.fields:

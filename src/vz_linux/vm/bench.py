@@ -1,4 +1,4 @@
-"""The boot-latency benchmark library behind ``vz-linux-bench`` (SPEC §6, issue 5 item 4).
+"""The boot-latency benchmark library behind ``vz-linux-bench`` (docs/vm.md, "Phases").
 
 One *sample* is one cold boot: QEMU spawned → the agent answers hello. It is split into phases
 from host and guest clocks:
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import re
 import statistics
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AgentError, InvalidConfigError
+from ..fsutil import write_atomic
 from .linux_vm import LinuxVm, VmConfig
 
 GUEST_LOG_COMMAND = "dmesg | tail -n 120"
@@ -233,8 +235,6 @@ def run_bench(guests: Sequence[BenchGuest], opts: BenchOptions,
 
 def host_info() -> dict[str, Any]:
     """What the figures were measured on (Firecracker practice: every figure with its machine)."""
-    import os
-
     cpu = ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -274,6 +274,4 @@ def to_json(results: Sequence[GuestResult], opts: BenchOptions, accel: str | Non
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+    write_atomic(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())

@@ -1,4 +1,4 @@
-"""``vz-linux verify --boot``: boot a bundle and prove every declared capability live (issue 5 item 3).
+"""``vz-linux verify --boot``: boot a bundle and prove every declared capability live (docs/vm.md).
 
 Each capability the bundle's ``version.json`` declares is probed in the guest through the agent's
 probe operation, with the registry's snippet (:data:`vz_linux.capabilities.REGISTRY`). A declared

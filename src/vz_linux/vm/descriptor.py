@@ -7,7 +7,6 @@ artifacts changed under it, or a disk of another size, is refused unless ``--for
 
 from __future__ import annotations
 
-import datetime as _dt
 import enum
 import json
 import os
@@ -17,9 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from .. import layout
-from ..bundle.metadata import BundleMetadata, write_atomic
+from ..bundle.metadata import BundleMetadata
 from ..bundle.resolve import ensure_installed_profile
-from ..errors import ChecksumMismatchError, DiskImageError, InvalidConfigError, MissingArtifactsError
+from ..clock import utc_timestamp
+from ..errors import (
+    ChecksumMismatchError,
+    DiskImageError,
+    InvalidConfigError,
+    MissingArtifactsError,
+    ProfileMismatchError,
+)
+from ..fsutil import write_atomic
 from ..hashing import sha256_file
 from ..profiles import KernelProfile
 
@@ -96,8 +103,6 @@ def explicit_artifacts(kernel: Path, initramfs: Path, version_json: Path,
     version_json = _check_file(version_json, "version.json")
     metadata = BundleMetadata.read(version_json)
     if profile is not None and metadata.profile is not profile:
-        from ..errors import ProfileMismatchError
-
         raise ProfileMismatchError(
             f"{version_json} describes a {metadata.profile.value} bundle, not {profile.value}")
     for path, want in ((kernel, metadata.sha256_vmlinux), (initramfs, metadata.sha256_initramfs)):
@@ -234,8 +239,7 @@ def init_vm(req: InitRequest) -> InitResult:
         _create_sparse(disk, size)
         status = InitStatus.created if not desc_path.exists() else InitStatus.updated
 
-    created = _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-    descriptor = build_descriptor(req.name, art, disk, size, created)
+    descriptor = build_descriptor(req.name, art, disk, size, utc_timestamp())
     write_atomic(desc_path, (json.dumps(descriptor, indent=2) + "\n").encode())
     return InitResult(status, desc_path, descriptor)
 

@@ -1,4 +1,4 @@
-"""``LinuxVm``: boot a bundle (or kernel + initramfs) with QEMU and talk to its guest agent (SPEC §6).
+"""``LinuxVm``: boot a bundle (or kernel + initramfs) with QEMU and talk to its guest agent (docs/vm.md).
 
 Every resource of a boot — the work directory, the listening sockets, each virtiofsd, QEMU, the QMP
 connection, the agent client — is entered on one :class:`contextlib.ExitStack`, so teardown runs in
@@ -22,8 +22,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -35,10 +35,8 @@ from ..run import spawn, terminate
 from ..version import AGENT_PROTOCOL_REVISION
 from .accel import AccelChoice, AccelVerdict, resolve_accel
 from .agent_client import AgentClient, AgentHello, ExecResult, ExecStream, ProbeResult
-from .qemu import Accel, QemuVm, Share, Transport
+from .qemu import Accel, QemuVm, Share, Transport, host_tsc_khz, vhost_vsock_available
 from .virtiofsd import CacheMode, VirtiofsdConfig, virtiofsd
-
-log = logging.getLogger("vz_linux.vm.linux_vm")
 
 ROOTFS_TAG = "rootfs"
 PANIC_MARKER = "Kernel panic"
@@ -65,19 +63,19 @@ class VmConfig:
     cmdline_extra: tuple[str, ...] = ()
     fast_cmdline: bool = True
     network: bool = False
-    rootfs: Path | None = None  # shared as tag "rootfs": init overlays it and chroots (SPEC §5)
+    rootfs: Path | None = None  # shared as tag "rootfs": init overlays it and chroots (docs/guest.md)
     shares: tuple[VmShare, ...] = ()  # further shares, conventionally tagged vz-mount-N
     serial_log: Path | None = None  # None: kept in the VM's work dir (for error reports) and deleted
     accel: AccelChoice | str = AccelChoice.auto
     vsock_cid: int | None = None  # only used when the host has /dev/vhost-vsock
     hvc_console: bool = True
-    machine: str | None = None  # None: microvm (x86_64) / virt (arm64); "pc" for stock kernels
+    machine: str | None = None  # None: the arch's qemu_machine; "pc" for stock kernels
     transport: Transport | None = None
     tell_tsc_rate: bool = True  # TCG x86_64: pass the host's TSC rate (qemu.host_tsc_khz)
 
     @classmethod
     def from_bundle(cls, bundle_dir: Path, **overrides: Any) -> VmConfig:
-        """Kernel, initramfs and arch of a bundle directory (SPEC §1)."""
+        """Kernel, initramfs and arch of a bundle directory (its layout: docs/selection.md)."""
         paths = BundlePaths(Path(bundle_dir))
         for p in (paths.kernel, paths.initramfs):
             if not p.is_file():
@@ -207,8 +205,6 @@ class LinuxVm:
                 log_path=workdir / f"virtiofsd-{i}.log"))
             shares.append(Share(share.tag, sock))
 
-        from .qemu import host_tsc_khz, vhost_vsock_available
-
         tcg_x86 = (self.accel.accel is Accel.tcg and cfg.arch is Architecture.x86_64
                    and Architecture.host() is Architecture.x86_64)
 
@@ -297,30 +293,26 @@ class LinuxVm:
         if self._client is not None and self.times is not None:
             return self.times.hello
         start = time.monotonic()
-        deadline = start + timeout
         client = AgentClient.from_socket(self.open_agent_channel(timeout), default_timeout=30.0)
         self._stack.callback(client.close)
-        attempt = 0
-        while True:
-            attempt += 1
-            now = time.monotonic()
+
+        def before_attempt(attempt: int, _elapsed: float) -> None:
             if on_retry is not None:
-                on_retry(attempt, now - start)
+                on_retry(attempt, time.monotonic() - start)
             self._raise_if_exited("before the guest agent answered")
             if self.serial_log is not None and PANIC_MARKER in tail(self.serial_log):
                 raise self._boot_error("before the guest agent answered")
-            if now >= deadline:
-                raise self._boot_error(f"the guest agent did not answer within {timeout:.0f}s")
-            try:
-                hello = client.hello(timeout=min(attempt_timeout, max(0.05, deadline - now)))
-                break
-            except AgentTimeoutError:
-                continue
-            except AgentError as e:
-                # The channel broke: almost always QEMU going away (panic, reboot) — report that.
-                if _exited(self._proc, 2.0):
-                    raise self._boot_error("before the guest agent answered") from e
-                raise self._boot_error(f"agent channel failed: {e}") from e
+
+        try:
+            hello = client.wait_ready(start + timeout - time.monotonic(), attempt_timeout=attempt_timeout,
+                                      on_retry=before_attempt)
+        except AgentTimeoutError as e:
+            raise self._boot_error(f"the guest agent did not answer within {timeout:.0f}s") from e
+        except AgentError as e:
+            # The channel broke: almost always QEMU going away (panic, reboot) — report that.
+            if _exited(self._proc, 2.0):
+                raise self._boot_error("before the guest agent answered") from e
+            raise self._boot_error(f"agent channel failed: {e}") from e
         if hello.protocol_revision != AGENT_PROTOCOL_REVISION:
             raise GuestBootError(
                 f"guest agent speaks protocol revision {hello.protocol_revision}, this host needs "
@@ -408,16 +400,3 @@ def _exited(proc: subprocess.Popen[bytes], within: float) -> bool:
         return True
     except subprocess.TimeoutExpired:
         return False
-
-
-@contextlib.contextmanager
-def booted(config: VmConfig, *, timeout: float = 60.0,
-           on_retry: Callable[[int, float], None] | None = None) -> Iterator[LinuxVm]:
-    """Start a VM and wait for its agent; stop it on exit."""
-    with LinuxVm(config) as vm:
-        vm.wait_for_agent(timeout, on_retry)
-        yield vm
-
-
-def with_overrides(config: VmConfig, **changes: Any) -> VmConfig:
-    return replace(config, **changes)

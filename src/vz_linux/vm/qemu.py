@@ -1,9 +1,9 @@
-"""A VM described as data, turned into a QEMU argv (SPEC §6, §8).
+"""A VM described as data, turned into a QEMU argv (docs/vm.md, "The VM").
 
 :class:`QemuVm` is a frozen description; :meth:`QemuVm.argv` is the only place that knows QEMU's
 option syntax, so two VM configurations can be compared and printed. Nothing here starts a process.
 
-Facts this encodes (SPEC §8):
+Facts this encodes:
 
 * x86_64 boots ``-M microvm,acpi=off`` with the PVH ``vmlinux`` as ``-kernel``; without ACPI QEMU
   describes the virtio-mmio devices on the kernel command line (``VIRTIO_MMIO_CMDLINE_DEVICES``).
@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..arch import Architecture
+from .agent_protocol import SERIAL_PORT_NAME
 
-AGENT_PORT_NAME = "org.vz.agent.0"
 VHOST_VSOCK_DEVICE = Path("/dev/vhost-vsock")
 
 
@@ -50,10 +49,8 @@ BASE_CMDLINE: tuple[str, ...] = (
     "rdinit=/init",
 )
 
-# Boot-time cuts (issue 5 item 5), measured with `benchmarks/boot.py --cmdline-study` (docs/vm.md).
-# Only `quiet` is kept: every console byte is an emulated UART write under TCG. Dropped: i8042.* and
-# cryptomgr.notests (no-ops: the container kernel has no SERIO and no crypto manager), tsc=reliable,
-# no_timer_check, 8250.nr_uarts=1, random.trust_cpu=on (no gain above the run-to-run noise).
+# Fast-boot additions; each choice, kept or dropped, and why: docs/vm.md, "Boot-time choices".
+# `quiet`: every console byte is an emulated UART write under TCG.
 FAST_CMDLINE: tuple[str, ...] = ("quiet",)
 
 
@@ -76,7 +73,7 @@ class QemuVm:
     cmdline_extra: tuple[str, ...] = ()
     fast_cmdline: bool = True
     serial_log: Path | None = None
-    # Unix socket the host listens on; QEMU connects as a client (SPEC §8).
+    # Unix socket the host listens on; QEMU connects as a client (docs/vm.md, "The VM").
     agent_socket: Path | None = None
     qmp_socket: Path | None = None
     vsock_cid: int | None = None
@@ -84,9 +81,9 @@ class QemuVm:
     shares: tuple[Share, ...] = ()
     # A virtconsole on the agent's virtio-serial bus makes /dev/hvc0 exist (hvc0_serial probe).
     hvc_console: bool = True
-    # None: microvm (x86_64) / virt (arm64). "pc" boots stock distro kernels: theirs find virtio-mmio
-    # only through ACPI, and microvm's ACPI mode hangs them in timer calibration under TCG; pc gives
-    # them PCI virtio and the legacy timers they expect.
+    # None: the arch's default (Architecture.qemu_machine). "pc" boots stock distro kernels: theirs
+    # find virtio-mmio only through ACPI, and microvm's ACPI mode hangs them in timer calibration under
+    # TCG; pc gives them PCI virtio and the legacy timers they expect.
     machine: str | None = None
     transport: Transport | None = None  # None: the arch's default
     # TCG hands the guest the host's TSC; telling the guest its rate (x86 tsc_early_khz=) spares it a
@@ -100,7 +97,7 @@ class QemuVm:
 
     @property
     def machine_type(self) -> str:
-        return self.machine or {Architecture.x86_64: "microvm", Architecture.arm64: "virt"}[self.arch]
+        return self.machine or self.arch.qemu_machine
 
     @property
     def virtio(self) -> Transport:
@@ -108,11 +105,8 @@ class QemuVm:
             return self.transport
         return Transport.mmio if self.machine_type in ("microvm", "virt") else Transport.pci
 
-    def console_device(self) -> str:
-        return {Architecture.x86_64: "ttyS0", Architecture.arm64: "ttyAMA0"}[self.arch]
-
     def kernel_cmdline(self) -> str:
-        parts: list[str] = [f"console={self.console_device()}", *BASE_CMDLINE]
+        parts: list[str] = [f"console={self.arch.serial_console}", *BASE_CMDLINE]
         if self.fast_cmdline:
             parts += FAST_CMDLINE
         if self.tsc_khz is not None and self.arch is Architecture.x86_64:
@@ -157,7 +151,7 @@ class QemuVm:
                 a += ["-chardev", "null,id=hvc0", "-device", "virtconsole,chardev=hvc0,bus=vser0.0"]
             if self.agent_socket is not None:
                 a += ["-chardev", f"socket,id=agent0,path={self.agent_socket}",
-                      "-device", f"virtserialport,chardev=agent0,name={AGENT_PORT_NAME},bus=vser0.0"]
+                      "-device", f"virtserialport,chardev=agent0,name={SERIAL_PORT_NAME},bus=vser0.0"]
         if self.vsock_cid is not None:
             a += ["-device", f"{self.virtio.device('vhost-vsock')},guest-cid={self.vsock_cid}"]
         if self.network:
@@ -173,7 +167,7 @@ class QemuVm:
 
 
 def vhost_vsock_available() -> bool:
-    """vsock needs the host's vhost-vsock device (absent here, SPEC §8)."""
+    """vsock needs the host's vhost-vsock device (not every host has one)."""
     return VHOST_VSOCK_DEVICE.exists() and os.access(VHOST_VSOCK_DEVICE, os.R_OK | os.W_OK)
 
 
@@ -191,17 +185,3 @@ def host_tsc_khz() -> int | None:
         return round(float(mhz) * 1000) if mhz else None
     except ValueError:
         return None
-
-
-def describe(argv: Sequence[str]) -> str:
-    """One option per line, for `--verbose` output and docs."""
-    out: list[str] = [argv[0]]
-    i = 1
-    while i < len(argv):
-        if argv[i].startswith("-") and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
-            out.append(f"  {argv[i]} {argv[i + 1]}")
-            i += 2
-        else:
-            out.append(f"  {argv[i]}")
-            i += 1
-    return "\n".join(out)

@@ -1,4 +1,4 @@
-"""One virtiofsd per share per VM boot, as a context manager (SPEC §8).
+"""One virtiofsd per share per VM boot, as a context manager (docs/vm.md).
 
 Debian's QEMU 7.2 ships the C daemon at ``/usr/lib/qemu/virtiofsd``; it serves one connection and
 exits, so every boot needs a fresh one. Readiness is a fact, not a sleep: we bind and listen on the

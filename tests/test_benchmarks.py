@@ -1,0 +1,74 @@
+"""Smoke tests of the benchmark scripts: each measures what its names say, and its figures are data.
+
+They run each script's ``measure()`` with a few iterations through the ``metrics`` fixture
+(tests/conftest.py), which records every figure with its unit and machine. Nothing here asserts
+how fast anything is (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from benchmarks import agent_exec, ensure_installed
+from benchmarks.figures import Figures
+
+from vz_linux import KernelProfile, layout
+from vz_linux.arch import Architecture
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _assert_timed(figures: Figures, name: str) -> None:
+    p50, p95 = figures.get(f"{name}_p50"), figures.get(f"{name}_p95")
+    assert p50.unit == p95.unit == "ms"
+    assert 0 < p50.value <= p95.value
+    assert p50.machine["cpus"] == os.cpu_count() and p50.machine["machine"]
+
+
+def test_ensure_installed_measures_both_resolution_paths(metrics: Figures, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    saved = dict(os.environ)
+    monkeypatch.setattr(layout, "default_out_root", layout.default_out_root)  # restored afterwards
+    try:
+        via = ensure_installed.measure(metrics, KernelProfile.container, 3, tmp_path)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    # The A/B is only meaningful if A offers a source and B resolves from the installed files alone.
+    assert via == {"ensure_with_source": "$VZ_LINUX_CONTAINER_BUNDLE_DIR", "ensure_installed_only": None}
+    for name in ("ensure_with_source", "ensure_installed_only", "full_rehash"):
+        _assert_timed(metrics, name)
+    assert metrics.get("bundle_size").value == sum(ensure_installed.SIZES.values())
+
+
+def test_agent_exec_figures(metrics: Figures) -> None:
+    agent_exec.measure(metrics, 5)
+    for arch in Architecture:
+        raw, packed = metrics.get(f"agent_size_{arch.value}"), metrics.get(f"agent_size_gzip_{arch.value}")
+        assert raw.unit == packed.unit == "bytes" and 0 < packed.value < raw.value
+    for name in ("ping_rtt", "exec_true_rtt", "exec_true_rtt_raw", "host_spawn_true"):
+        _assert_timed(metrics, name)
+    assert metrics.get("exec_true_rtt_p50").n == 5
+
+
+def test_metrics_fixture_records_json_lines(tmp_path: Path) -> None:
+    """The fixture's record, end to end in a pytest of its own: one JSON object per figure with its
+    name, unit, value, machine and the test's id, appended to $VZ_LINUX_FIGURES_FILE."""
+    test = tmp_path / "test_fig.py"
+    test.write_text("def test_one(metrics):\n    metrics.put('widget_rate', 2.5, 'count')\n")
+    out = tmp_path / "figures.jsonl"
+    env = {**os.environ, "VZ_LINUX_FIGURES_FILE": str(out)}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(ROOT),
+                        "-c", str(ROOT / "pyproject.toml"), "--confcutdir", str(ROOT / "tests"),
+                        "-p", "tests.conftest", str(test)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (record,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert (record["name"], record["unit"], record["value"]) == ("widget_rate", "count", 2.5)
+    assert record["dimensions"]["test"].endswith("::test_one")
+    assert record["machine"]["cpus"] == os.cpu_count() and record["when"].endswith("Z")
