@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .. import layout
 from ..arch import Architecture
@@ -63,6 +64,28 @@ class ConfigReport:
     @property
     def ok(self) -> bool:
         return not self.resolved.failures and not self.missing
+
+    def to_json(self) -> dict[str, Any]:
+        """What ``vz-linux config --json`` prints for this (profile, arch)."""
+        r = self.resolved
+        return {
+            "profile": r.profile.value,
+            "arch": r.arch.value,
+            "kernel": r.source.info.version,
+            "source": {"kind": r.source.info.kind, "origin": r.source.info.origin, "sha256": r.source.info.sha256},
+            "baseline": r.profile.baseline,
+            "fragments": [str(p) for p in r.fragments],
+            "counts": r.counts(),
+            "capabilities": sorted(c.value for c in self.capabilities),
+            "contract_missing": list(self.missing),
+            "checks": [
+                {"line": c.line.as_text(), "fragment": c.line.path.name if c.line.path else None,
+                 "lineno": c.line.lineno, "requested": c.line.value, "resulting": c.resulting, "ok": c.ok,
+                 "explanation": c.explanation or None, "allowed_because": c.allowed_because or None}
+                for c in r.checks
+            ],
+            "ok": self.ok,
+        }
 
     def raise_for_problems(self) -> None:
         self.resolved.raise_for_failures()

@@ -117,28 +117,6 @@ def build(profile: str, all_profiles: bool, arch: str | None, out: Path | None, 
         _print_build(result)
 
 
-def report_json(report: ConfigReport) -> dict[str, Any]:
-    r = report.resolved
-    return {
-        "profile": r.profile.value,
-        "arch": r.arch.value,
-        "kernel": r.source.info.version,
-        "source": {"kind": r.source.info.kind, "origin": r.source.info.origin, "sha256": r.source.info.sha256},
-        "baseline": r.profile.baseline,
-        "fragments": [str(p) for p in r.fragments],
-        "counts": r.counts(),
-        "capabilities": sorted(c.value for c in report.capabilities),
-        "contract_missing": list(report.missing),
-        "checks": [
-            {"line": c.line.as_text(), "fragment": c.line.path.name if c.line.path else None,
-             "lineno": c.line.lineno, "requested": c.line.value, "resulting": c.resulting, "ok": c.ok,
-             "explanation": c.explanation or None, "allowed_because": c.allowed_because or None}
-            for c in r.checks
-        ],
-        "ok": report.ok,
-    }
-
-
 def _print_report(report: ConfigReport, verbose: bool) -> None:
     r = report.resolved
     c = r.counts()
@@ -174,7 +152,7 @@ def config_cmd(profile: str | None, arch: str | None, all_arches: bool, as_json:
     spec = _spec(kernel_source, kernel_source_sha256, allow_http)
     reports = [config_report(p, a, spec) for p in profiles for a in arches]
     if as_json:
-        data = [report_json(r) for r in reports]
+        data = [r.to_json() for r in reports]
         click.echo(json.dumps(data[0] if len(data) == 1 else data, indent=2))
     else:
         for r in reports:

@@ -17,7 +17,6 @@ from ..vm.linux_vm import LinuxVm
 from .common import err_console
 
 _PATH = click.Path(path_type=Path)
-EXIT_SIGNALLED_BASE = 128  # a command killed by signal N exits 128+N, like a shell
 
 
 def run_in_guest(vm: LinuxVm, argv: list[str], timeout: float | None) -> int:
@@ -32,9 +31,7 @@ def run_in_guest(vm: LinuxVm, argv: list[str], timeout: float | None) -> int:
         err_console.print(f"vz-linux run: {result.error}", markup=False)
     if result.timed_out:
         err_console.print(f"vz-linux run: {argv[0]} timed out after {timeout:.0f}s", markup=False)
-    if result.signal is not None:
-        return EXIT_SIGNALLED_BASE + result.signal
-    return result.exit_code if result.exit_code is not None else 1
+    return result.shell_exit_code
 
 
 @click.command("run", context_settings={"ignore_unknown_options": False})

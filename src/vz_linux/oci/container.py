@@ -172,11 +172,9 @@ class ContainerVm:
         assert result is not None
         if result.timed_out:
             raise OciError(f"{argv[0]} did not finish within {timeout:.0f}s and was killed")
-        if result.exit_code is None:
-            return 128 + (result.signal or 0)  # the shell's convention for a killed process
         if result.exit_code == 127 and result.error:
             raise OciError(f"the guest could not run {argv[0]}: {result.error}")
-        return result.exit_code
+        return result.shell_exit_code
 
     def _collect(self, argv: Sequence[str], timeout: float = 60.0) -> tuple[int, bytes]:
         out = bytearray()

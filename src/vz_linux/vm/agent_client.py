@@ -40,6 +40,7 @@ from .agent_protocol import (
 )
 
 DEFAULT_TIMEOUT = 10.0
+SIGNALLED_EXIT_BASE = 128  # a command killed by signal N exits 128+N, as in a shell
 # After the agent's own exec timeout fires, how long we still wait for its EXIT report.
 EXEC_TIMEOUT_GRACE = 10.0
 _STDIN_CHUNK = 256 * 1024
@@ -84,6 +85,14 @@ class ExecResult:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0 and not self.timed_out
+
+    @property
+    def shell_exit_code(self) -> int:
+        """The code a shell would report: the exit code, or 128+N for a process killed by signal N
+        (1 when neither arrived)."""
+        if self.signal is not None:
+            return SIGNALLED_EXIT_BASE + self.signal
+        return self.exit_code if self.exit_code is not None else 1
 
     def describe(self) -> str:
         if self.timed_out:
