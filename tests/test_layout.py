@@ -176,3 +176,14 @@ def test_public_api_is_unchanged() -> None:
               if (not n.startswith("_") or n == "__version__")
               and not isinstance(v, types.ModuleType | __future__._Feature)}
     assert public == PUBLIC_API
+
+
+def test_profiles_doc_lists_each_contract() -> None:
+    """docs/profiles.md's contract table is what KernelProfile.contract enforces."""
+    from vz_linux.profiles import KernelProfile
+
+    text = (ROOT / "docs" / "profiles.md").read_text().split("## Capability contracts", 1)[1].split("\n## ", 1)[0]
+    for profile in KernelProfile:
+        row = re.search(rf"^\| `{profile.value}` \| (.*) \|$", text, re.M)
+        assert row, f"docs/profiles.md has no contract row for {profile.value}"
+        assert set(re.findall(r"`([a-z0-9_]+)`", row[1])) == {c.value for c in profile.contract}
