@@ -205,7 +205,7 @@ class ContainerStore:
             return state
 
     def list(self) -> list[ContainerState]:
-        """Every readable record (by directory name); others are skipped with a warning."""
+        """Every readable record (by directory name); broken ones are skipped."""
         out: list[ContainerState] = []
         if not self.root.is_dir():
             return out
@@ -215,7 +215,7 @@ class ContainerStore:
             try:
                 out.append(self.read(d.name))
             except ContainerStateError as e:
-                log.warning("skipped %s", e.one_line())
+                log.debug("skipped %s", e.one_line())  # named by its id, it reports this itself
         return sorted(out, key=lambda s: s.created)
 
     def find(self, ref: str) -> ContainerState:
