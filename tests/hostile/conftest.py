@@ -16,6 +16,8 @@ import pytest
 from vz_linux import layout
 from vz_linux.oci.state import ContainerState, Status
 
+from ..oci.conftest import make_busybox_rootfs, make_oci_layout
+
 VZ = Path(sys.executable).parent / "vz"
 CliRunner = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -25,6 +27,13 @@ def clean_env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VZ_LINUX_", "VZ_OCI_"))}
     env.update(HOME=str(home), VZ_LINUX_CACHE_DIR=str(layout.cache_root()), **extra)
     return env
+
+
+@pytest.fixture(scope="session")
+def oci_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A BusyBox image layout built with the real umoci (read-only: tests alter copies)."""
+    root = tmp_path_factory.mktemp("hostile-image")
+    return make_oci_layout(root / "image", make_busybox_rootfs(root / "rootfs"))
 
 
 @pytest.fixture
