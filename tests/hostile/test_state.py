@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
+from vz_linux.errors import ContainerStateError
 from vz_linux.oci import supervisor
 from vz_linux.oci.config import RuntimeConfig
 from vz_linux.oci.container import ContainerRequest, prepare_container
 from vz_linux.oci.state import ContainerStore, Status, process_start_time
-from vz_linux.errors import ContainerStateError
 from vz_linux.profiles import KernelProfile
 
 from .conftest import CliRunner, plant, record
