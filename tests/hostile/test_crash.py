@@ -31,6 +31,7 @@ from filelock import FileLock
 
 from vz_linux.arch import Architecture
 from vz_linux.profiles import KernelProfile
+from vz_linux.vm.linux_vm import LinuxVm, VmConfig
 
 from ..oci.conftest import make_busybox_rootfs, make_oci_layout
 from .conftest import VZ, clean_env, processes_mentioning
@@ -129,6 +130,7 @@ import sys
 from pathlib import Path
 from vz_linux.build.pipeline import BuildOptions, build_bundle
 from vz_linux.profiles import KernelProfile
+from vz_linux.vm.linux_vm import LinuxVm, VmConfig
 build_bundle(BuildOptions(profile=KernelProfile.container, out_dir=Path(sys.argv[1])))
 """
 
@@ -210,8 +212,6 @@ time.sleep(600)
 
 @pytest.mark.vm
 def test_work_dir_of_a_killed_vm_owner_is_swept(tmp_path: Path, built_bundle: Any) -> None:
-    from vz_linux.vm.linux_vm import LinuxVm, VmConfig
-
     bundle = built_bundle(KernelProfile.container)
     parent = tmp_path / "vms"
     parent.mkdir()

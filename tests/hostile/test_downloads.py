@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from vz_linux.build.sources import KernelPin, SourceKind, SourceSpec, acquire_source
+from vz_linux.build.sources import DownloadLimits, KernelPin, SourceKind, SourceSpec, acquire_source
 from vz_linux.errors import KernelSourceError
 
 PIN = KernelPin(series="6.1", version="6.1.7", debian_package="linux-source-6.1",
@@ -120,12 +120,9 @@ def servers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[s
         yield secure, plain, handler, sha
 
 
-def _spec(url: str, sha: str, **limits: float) -> SourceSpec:
-    if not limits:
-        return SourceSpec(SourceKind.tarball, url, sha)
-    from vz_linux.build.sources import DownloadLimits  # (only the fixed code has it)
-
-    return SourceSpec(SourceKind.tarball, url, sha, limits=DownloadLimits(**limits))  # type: ignore[arg-type]
+def _spec(url: str, sha: str, max_bytes: int = 4 << 30, max_seconds: float = 3600, read_timeout: float = 60) -> SourceSpec:
+    return SourceSpec(SourceKind.tarball, url, sha,
+                      limits=DownloadLimits(max_bytes=max_bytes, max_seconds=max_seconds, read_timeout=read_timeout))
 
 
 def test_downloads_refuse_downgrades_and_keep_to_their_caps(servers: tuple[str, str, type[_Handler], str],

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from benchmarks import image_cache
+from benchmarks.figures import Figures
 
 from vz_linux.errors import ImageError
 from vz_linux.oci.image import prepare_image
@@ -160,3 +162,13 @@ def test_a_poisoned_cache_entry_is_detected_not_reused(oci_layout: Path, tmp_pat
             assert os.lstat(again.path / p).st_mode == mode, (name, p)
             assert (os.readlink(again.path / p) if os.path.islink(again.path / p) else None) == link, (name, p)
         assert [p.name for p in images.iterdir()] == [first.path.parent.name], name  # no stage left
+
+
+def test_image_cache_benchmark_measures_reuse(metrics: Figures, tmp_path: Path) -> None:
+    """Smoke test of benchmarks/image_cache.py: every timed call reused the first unpack."""
+    reused = image_cache.measure(metrics, 3, 50, tmp_path)
+    assert set(reused) == {"busybox", "extra"} and all(inode > 0 for inode in reused.values())
+    assert metrics.get("image_entries_extra").value > metrics.get("image_entries_busybox").value
+    for kind in reused:
+        p50, p95 = metrics.get(f"image_cache_hit_{kind}_p50"), metrics.get(f"image_cache_hit_{kind}_p95")
+        assert p50.unit == p95.unit == "ms" and 0 < p50.value <= p95.value
