@@ -219,7 +219,10 @@ def _unpack(layout_dir: Path, tag: str, digest: str, entry: Path) -> None:
         # umoci resolves the tag itself: make sure it unpacked the manifest we verified.
         if not (stage / f"sha256_{digest.removeprefix('sha256:')}.mtree").is_file():
             raise ImageError(f"umoci did not unpack manifest {digest} for {layout_dir}:{tag}")
-        record = {"digest": digest, "stamp": tree_stamp(stage)}
+        try:
+            record = {"digest": digest, "stamp": tree_stamp(stage)}
+        except OSError as e:
+            raise ImageError(f"cannot read back the unpacked {layout_dir}:{tag}: {e}") from None
         (stage / _RECORD).write_text(json.dumps(record) + "\n")
 
 

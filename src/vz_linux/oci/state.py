@@ -265,7 +265,9 @@ def is_supervisor(pid: int, start: int, cdir: Path) -> bool:
         at = argv.index(SUPERVISOR_MODULE)
     except ValueError:
         return False
-    return at >= 1 and argv[at - 1] == "-m" and len(argv) > at + 1 and argv[at + 1] == str(cdir.absolute())
+    if at < 1 or argv[at - 1] != "-m" or len(argv) <= at + 1:
+        return False
+    return os.path.realpath(argv[at + 1]) == os.path.realpath(cdir)
 
 
 def read_log(path: Path) -> bytes:

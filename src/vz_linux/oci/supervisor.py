@@ -135,7 +135,7 @@ def spawn(cfg: RuntimeConfig, container_id: str) -> None:
     ``vz oci rm -f`` can always stop what ``create`` started (docs/oci.md, "Crash safety").
     """
     store = ContainerStore(cfg.containers_dir)
-    cdir = store.dir(container_id).absolute()
+    cdir = store.dir(container_id).resolve()  # is_supervisor() recognises it by this path
     listener = listen(cdir / SUPERVISOR_SOCKET)
     try:
         with open(cdir / SUPERVISOR_LOG, "ab") as log:
