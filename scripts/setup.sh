@@ -24,6 +24,8 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-system-arm qemu-utils
   # OCI image layouts for tests/benchmarks
   umoci
+  # a throw-away TLS certificate for the download tests' HTTPS server on 127.0.0.1
+  openssl
   python3-venv
 )
 

@@ -115,6 +115,24 @@ class CommandFailedError(VzLinuxError):
     exit_code = 35
 
 
+class InsecureDownloadError(KernelSourceError):
+    """A source URL or a redirect was refused: plain http, an https→http downgrade, another scheme."""
+
+    exit_code = 36
+
+
+class DownloadTooLargeError(KernelSourceError):
+    """A download announced or sent more than its size cap."""
+
+    exit_code = 37
+
+
+class DownloadTimeoutError(KernelSourceError):
+    """A download did not finish within its total-time cap."""
+
+    exit_code = 38
+
+
 # --- guest / VM (docs/agent.md, docs/vm.md) --------------------------------------------------
 class AgentError(VzLinuxError):
     """The guest agent replied with an error, or the channel broke."""
@@ -165,6 +183,12 @@ class DiskImageError(OciError):
     """A VM disk image exists with the wrong size (``vz vm linux init`` without ``--force``)."""
 
     exit_code = 54
+
+
+class ImageDigestError(ImageError):
+    """An OCI image blob's content does not match the digest it is named by."""
+
+    exit_code = 55
 
 
 class CommandNotFoundError(OciError):

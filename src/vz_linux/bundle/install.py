@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationErro
 
 from .. import layout
 from ..errors import ChecksumMismatchError, InstallError, InvalidMetadataError, MissingArtifactsError
-from ..fsutil import fsync_dir, swap_in, write_atomic
+from ..fsutil import fsync_dir, swap_in, sweep_stale, write_atomic
 from ..hashing import sha256_bytes
 from ..profiles import KernelCapability, KernelProfile
 from .metadata import BundleMetadata
@@ -251,9 +251,9 @@ def _recover(install_dir: Path) -> None:
             if entry.name.startswith(old_prefix) and entry.is_dir():
                 os.rename(entry, install_dir)
                 break
-    for entry in entries:
-        if entry.name.startswith((install_prefix, old_prefix)) and entry.exists() and entry != install_dir:
-            shutil.rmtree(entry, ignore_errors=True)
+    # Only unlocked ones: a bundle assembly staging beside its out dir holds its stage's lock.
+    sweep_stale(parent, install_prefix)
+    sweep_stale(parent, old_prefix)
 
 
 def _install_locked(src: _Source, install_dir: Path) -> None:

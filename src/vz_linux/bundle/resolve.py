@@ -5,8 +5,9 @@ Resolution order for the bundle to install (first that applies wins):
 1. ``KernelBundleOptions.bundle_dir`` (the caller's);
 2. ``$VZ_LINUX_<PROFILE>_BUNDLE_DIR`` (``VZ_LINUX_DEVELOPER_BUNDLE_DIR``, ``VZ_LINUX_CONTAINER_BUNDLE_DIR``);
 3. ``$VZ_LINUX_BUNDLE_DIR``;
-4. only when the install dir is the default: the source checkout's ``linux/out[/container]``
-   (``layout.default_bundle_dir``), if a bundle is there.
+4. only when the install dir is the default and the package runs from a real source checkout
+   (``layout.source_checkout``): its ``linux/out[/container]``, if a bundle is there. A
+   wheel-installed package never takes a bundle from the current directory.
 
 A bundle found that way is validated and installed into the install dir (default
 ``~/.vz/linux/<profile>/``) unless an identical intact install is already there. With none, the
@@ -97,8 +98,9 @@ def resolve(options: KernelBundleOptions) -> Resolution:
     for path, reason in candidates:
         if path is not None:
             return Resolution(profile, install_dir, default_install, path, reason)
-    if default_install:
-        out = layout.default_bundle_dir(profile)
+    out_root = layout.trusted_out_root() if default_install else None
+    if out_root is not None:
+        out = layout.default_bundle_dir(profile, out_root=out_root)
         if (out / layout.METADATA).exists():
             return Resolution(profile, install_dir, default_install, out, "source checkout")
     return Resolution(profile, install_dir, default_install, None, None)
