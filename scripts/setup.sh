@@ -24,6 +24,8 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-system-arm qemu-utils
   # OCI image layouts for tests/benchmarks
   umoci
+  # another wall clock for the reproducible-initramfs test (tests/guest/test_initramfs.py)
+  faketime
   python3-venv
 )
 
