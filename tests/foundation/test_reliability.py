@@ -61,16 +61,61 @@ def _wait_for(path: Path, proc: subprocess.Popen[str], timeout: float = 60) -> N
         time.sleep(0.02)
 
 
+# Prepended to ENSURE for the concurrency test: each worker reports whether *it* installed (it
+# reached the "copying" stage). The first one holds the lock at "copying" until the test writes the
+# release file; the others write their "waiting" marker just before they ask for the lock.
+HOLD_OR_WAIT = (
+    "import os, time; from pathlib import Path; import vz_linux.bundle.install as install\n"
+    "installed = []\n"
+    "def _hook(stage):\n"
+    "    installed.append(stage)\n"
+    "    if {hold!r} and stage == 'copying':\n"
+    "        Path({marker!r}).write_text('held')\n"
+    "        while not Path({release!r}).exists():\n"
+    "            time.sleep(0.02)\n"
+    "install.on_stage = _hook\n"
+    "_lock = install.install_lock\n"
+    "def _marked_lock(*a, **k):\n"
+    "    Path({marker!r} + '.waiting').write_text('')\n"
+    "    return _lock(*a, **k)\n"
+    "install.install_lock = _marked_lock\n"
+)
+REPORT = "print('installed' if 'copying' in installed else 'reused')\n"
+
+
 @pytest.mark.slow
 def test_eight_processes_at_once(home: Path, tmp_path: Path) -> None:
-    sizes = {"vmlinux": 8 << 20, "initramfs.img": 2 << 20, "crun": 1 << 20}  # big enough to overlap
-    meta = make_bundle(tmp_path / "src", KernelProfile.container, sizes=sizes)
-    procs = [_spawn(home, tmp_path / "src") for _ in range(8)]
+    """One installer holds the lock mid-install while seven others start: all eight succeed with the
+    same bundle, and exactly one of them installed it (the others waited, then found it there)."""
+    meta = make_bundle(tmp_path / "src", KernelProfile.container)
+    env = clean_env(home, VZ_LINUX_CONTAINER_BUNDLE_DIR=str(tmp_path / "src"))
+    release = tmp_path / "release"
+
+    def worker(i: int, hold: bool) -> subprocess.Popen[str]:
+        code = HOLD_OR_WAIT.format(hold=hold, marker=str(tmp_path / f"m{i}"), release=str(release))
+        return subprocess.Popen([PYTHON, "-c", code + ENSURE + REPORT], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    first = worker(0, hold=True)
+    try:
+        _wait_for(tmp_path / "m0", first)
+        others = [worker(i, hold=False) for i in range(1, 8)]
+        # Release only once every other worker is at the lock (or, with a broken lock, done):
+        # they must all overlap the held install. The grace lets a lock that does not hold show it.
+        deadline = time.monotonic() + 120
+        while not all((tmp_path / f"m{i}.waiting").exists() or p.poll() is not None for i, p in enumerate(others, 1)):
+            assert time.monotonic() < deadline, "workers never reached the install lock"
+            time.sleep(0.02)
+        time.sleep(1.0)
+    finally:
+        release.write_text("go")
+    procs = [first, *others]
     results = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0] * 8, [r[1] for r in results]
     install_dir = home / ".vz" / "linux" / "container"
-    expected = f"{install_dir} {meta.kernel} {meta.sha256_vmlinux}"
-    assert {r[0].strip() for r in results} == {expected}
+    lines = [r[0].strip().splitlines() for r in results]
+    assert {line[0] for line in lines} == {f"{install_dir} {meta.kernel} {meta.sha256_vmlinux}"}
+    assert [line[1] for line in lines] == ["installed"] + ["reused"] * 7
     assert validate_bundle(install_dir, profile=KernelProfile.container).metadata == meta
     assert _leftovers(install_dir) == []
 
