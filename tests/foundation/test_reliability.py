@@ -170,3 +170,78 @@ def test_reader_during_install_sees_a_whole_bundle(home: Path, tmp_path: Path) -
     finally:
         victim.kill()
         victim.wait(timeout=60)
+
+
+# Prepended to ENSURE: a filesystem without RENAME_EXCHANGE, produced in the installer process (a
+# fake, because no filesystem this test can mount lacks it): fsutil._exchange fails with EINVAL, so
+# fsutil.swap_in takes its two-renames fallback. With {pause}, the process stops right after the
+# first rename (install dir -> .old-*), i.e. between the two renames, for the test to SIGKILL it.
+NO_EXCHANGE = (
+    "import errno, os, time; from pathlib import Path; import vz_linux.fsutil as fsutil\n"
+    "def _no_exchange(a, b):\n"
+    "    raise OSError(errno.EINVAL, 'no RENAME_EXCHANGE on this filesystem')\n"
+    "fsutil._exchange = _no_exchange\n"
+    "_rename = os.rename\n"
+    "def _rename_then_pause(src, dst, *a, **k):\n"
+    "    _rename(src, dst, *a, **k)\n"
+    "    if {pause!r} and '.old-' in os.fspath(dst):\n"
+    "        Path({marker!r}).write_text('between the renames')\n"
+    "        while True:\n"
+    "            time.sleep(3600)\n"
+    "os.rename = _rename_then_pause\n"
+)
+
+
+def _ensure(home: Path, bundle: Path, prefix: str = "") -> subprocess.Popen[str]:
+    env = clean_env(home, VZ_LINUX_CONTAINER_BUNDLE_DIR=str(bundle))
+    return subprocess.Popen([PYTHON, "-c", prefix + ENSURE], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _installed(home: Path, bundle: Path, prefix: str = "") -> str:
+    p = _ensure(home, bundle, prefix)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    return out.split()[1]
+
+
+def test_install_without_rename_exchange_uses_two_renames(home: Path, tmp_path: Path) -> None:
+    make_bundle(tmp_path / "v1", KernelProfile.container, kernel="6.1.1")
+    new = make_bundle(tmp_path / "v2", KernelProfile.container, kernel="6.1.2")
+    assert _installed(home, tmp_path / "v1") == "6.1.1"
+    no_exchange = NO_EXCHANGE.format(pause=False, marker="")
+    assert _installed(home, tmp_path / "v2", no_exchange) == "6.1.2"
+    install_dir = home / ".vz" / "linux" / "container"
+    assert validate_bundle(install_dir, profile=KernelProfile.container).metadata == new
+    assert _leftovers(install_dir) == []
+
+
+@pytest.mark.slow
+def test_sigkill_between_the_fallback_renames_is_recovered(home: Path, tmp_path: Path) -> None:
+    old = make_bundle(tmp_path / "v1", KernelProfile.container, kernel="6.1.1")
+    new = make_bundle(tmp_path / "v2", KernelProfile.container, kernel="6.1.2")
+    assert _installed(home, tmp_path / "v1") == "6.1.1"
+    install_dir = home / ".vz" / "linux" / "container"
+
+    marker = tmp_path / "between"
+    victim = _ensure(home, tmp_path / "v2", NO_EXCHANGE.format(pause=True, marker=str(marker)))
+    _wait_for(marker, victim)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=60)
+    # The crash left no install dir; the previous install is whole, at the .old- name.
+    assert not install_dir.exists()
+    [old_dir] = [p for p in install_dir.parent.iterdir() if p.name.startswith(".container.old-")]
+    assert validate_bundle(old_dir, profile=KernelProfile.container).metadata == old
+
+    # The next install first renames it back: while that install copies, readers get the old one.
+    paused = tmp_path / "copying"
+    nxt = _ensure(home, tmp_path / "v2", PAUSE.format(stage="copying", marker=str(paused)))
+    try:
+        _wait_for(paused, nxt)
+        assert validate_bundle(install_dir, profile=KernelProfile.container).metadata == old
+    finally:
+        nxt.kill()
+        nxt.wait(timeout=60)
+    assert _installed(home, tmp_path / "v2") == "6.1.2"
+    assert validate_bundle(install_dir, profile=KernelProfile.container).metadata == new
+    assert _leftovers(install_dir) == []
