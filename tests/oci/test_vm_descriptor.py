@@ -66,10 +66,22 @@ def test_wrong_disk_size_is_refused_unless_forced(tmp_path: Path) -> None:
     before = desc.read_bytes()
     with pytest.raises(DiskImageError, match="not 2147483648"):
         init_vm(_explicit(bundle, tmp_path / "vms", disk_size_gb=2))
-    assert desc.read_bytes() == before and (tmp_path / "vms" / "dev1.img").stat().st_size == GIB
+    disk = tmp_path / "vms" / "dev1.img"
+    assert desc.read_bytes() == before and disk.stat().st_size == GIB
+    # What the guest wrote, at the start and in the last block, survives growing with --force.
+    head, tail = os.urandom(4096), os.urandom(4096)
+    with open(disk, "r+b") as f:
+        f.write(head)
+        f.seek(GIB - len(tail))
+        f.write(tail)
     res = init_vm(_explicit(bundle, tmp_path / "vms", disk_size_gb=2, force=True))
     assert res.status is InitStatus.updated
-    assert (tmp_path / "vms" / "dev1.img").stat().st_size == 2 * GIB
+    assert disk.stat().st_size == 2 * GIB
+    with open(disk, "rb") as f:
+        assert f.read(4096) == head
+        f.seek(GIB - len(tail))
+        assert f.read(len(tail)) == tail
+        assert f.read(1 << 20) == bytes(1 << 20)  # the new space reads as zeros
     assert json.loads(desc.read_text())["disk"]["size_bytes"] == 2 * GIB
 
 
