@@ -14,7 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from vz_linux.vm.agent_protocol import FILE_LIMIT, ErrorCode, Field, Frame, FrameReader, Msg, Tag, encode_frame
+from vz_linux.vm.agent_protocol import (
+    FILE_LIMIT,
+    ErrorCode,
+    Field,
+    Frame,
+    FrameReader,
+    Msg,
+    Tag,
+    encode_frame,
+)
 
 from .agent_harness import AgentServer
 

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from vz_linux.vm.agent_protocol import MAX_PAYLOAD, ErrorCode, FrameReader, Msg, Tag, encode_field, encode_frame
+from vz_linux.vm.agent_protocol import (
+    MAX_PAYLOAD,
+    ErrorCode,
+    FrameReader,
+    Msg,
+    Tag,
+    encode_field,
+    encode_frame,
+)
 
 from .agent_harness import AgentServer, expect_closed, read_frames
 
