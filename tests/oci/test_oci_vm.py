@@ -66,6 +66,10 @@ def vz(vz_env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., subproc
         return proc
 
     yield run
+    # A test that failed half-way may leave a container running: remove it, so nothing leaks past
+    # the test; then nothing at all may still run from its data dir.
+    for row in json.loads(run("oci", "ps", "-a", "--json").stdout or "[]"):
+        run("oci", "rm", "-f", row["id"])
     _assert_no_leftovers(tmp_path / "oci")
 
 
