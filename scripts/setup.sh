@@ -26,6 +26,8 @@ APT_PACKAGES=(
   umoci
   # a throw-away TLS certificate for the download tests' HTTPS server on 127.0.0.1
   openssl
+  # another wall clock for the reproducible-initramfs test (tests/guest/test_initramfs.py)
+  faketime
   python3-venv
 )
 

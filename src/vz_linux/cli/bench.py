@@ -84,7 +84,6 @@ def bench(bundle_dir: Path | None, profile: str | None, kernel: Path | None, ini
     if rootfs_dir is not None and not rootfs_dir.is_dir():
         raise click.BadParameter(f"{rootfs_dir} is not a directory", param_hint="--rootfs-dir")
     verdict = resolve_accel(AccelChoice.parse(accel))
-    err_console.print(f"accelerator: {verdict.reason}", markup=False)
     common = {"cpus": cpus, "memory_mib": memory_mib, "accel": AccelChoice(verdict.accel.value)}
     prof = KernelProfile.parse(profile) if profile else None
     a = Architecture.parse(arch) if arch else None
@@ -95,6 +94,8 @@ def bench(bundle_dir: Path | None, profile: str | None, kernel: Path | None, ini
     if compare_dir is not None:
         other = GuestSource(bundle_dir=compare_dir, arch=a, version_check=not no_version_check)
         guests.append(BenchGuest(str(compare_dir), other.vm_config(**common)))
+    # Only once every guest validated: a bad bundle is one error line, nothing before it.
+    err_console.print(f"accelerator: {verdict.reason}", markup=False)
     if serial_logs and serial_log_dir is None:
         serial_log_dir = cache_root() / "bench-serial" / time.strftime("%Y%m%dT%H%M%S")
     opts = BenchOptions(
