@@ -24,6 +24,9 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-system-arm qemu-utils
   # OCI image layouts for tests/benchmarks
   umoci
+  # distribution: release signatures (ssh-keygen -Y), the registry client; tests: a local
+  # distribution registry with htpasswd (bcrypt) basic auth
+  openssh-client skopeo docker-registry apache2-utils
   python3-venv
 )
 
