@@ -73,8 +73,15 @@ class PulledBundle:
     from_store: bool  # True: no blob was fetched
 
 
-def _resolve(ref: Reference, arch: Architecture, store: BundleStore, client: RegistryClient) -> tuple[str, str | None]:
-    """(manifest digest, index digest) for ``ref`` and ``arch``, asking the registry."""
+@dataclass(frozen=True)
+class _Resolved:
+    manifest_digest: str
+    index_digest: str | None = None
+    index_raw: bytes | None = None  # stored once the bundle is
+
+
+def _resolve(ref: Reference, arch: Architecture, client: RegistryClient) -> _Resolved:
+    """The manifest (and index) digest for ``ref`` and ``arch``, asking the registry."""
     raw = client.manifest(ref)
     digest = artifact.digest_of(raw)
     if ref.digest and digest != ref.digest:
@@ -82,9 +89,8 @@ def _resolve(ref: Reference, arch: Architecture, store: BundleStore, client: Reg
                               hint="the registry's copy is corrupted or the reference is wrong")
     doc = artifact.parse_json(raw, str(ref))
     if artifact.is_index(doc):
-        store.save_index(digest, raw)
-        return artifact.select_platform(doc, arch, str(ref)), digest
-    return digest, None
+        return _Resolved(artifact.select_platform(doc, arch, str(ref)), digest, raw)
+    return _Resolved(digest)
 
 
 def _fetch(ref: Reference, arch: Architecture, store: BundleStore, client: RegistryClient) -> None:
@@ -111,12 +117,14 @@ def pull(reference: Reference | str, arch: Architecture | None = None, *, store:
     store = store or BundleStore.beside()
     client = client or RegistryClient()
     found = store.offline(ref.digest, arch) if ref.digest else None
-    manifest_digest, index_digest = found or _resolve(ref.with_default_tag(), arch, store, client)
-    from_store = store.has(manifest_digest)
+    got = _Resolved(*found) if found else _resolve(ref.with_default_tag(), arch, client)
+    from_store = store.has(got.manifest_digest)
     if not from_store:
-        _fetch(ref.at(manifest_digest), arch, store, client)
-    root = store.bundle_dir(manifest_digest)
-    return PulledBundle(root, ref.at(manifest_digest), manifest_digest, index_digest,
+        _fetch(ref.at(got.manifest_digest), arch, store, client)
+    if got.index_digest is not None and got.index_raw is not None:
+        store.save_index(got.index_digest, got.index_raw)
+    root = store.bundle_dir(got.manifest_digest)
+    return PulledBundle(root, ref.at(got.manifest_digest), got.manifest_digest, got.index_digest,
                         BundleMetadata.read(root / layout.METADATA), from_store)
 
 
