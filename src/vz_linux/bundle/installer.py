@@ -28,13 +28,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import filelock
+
 from .. import layout
 from ..arch import Architecture
-from ..errors import InvalidConfigError, ReleaseAssetMissingError, UnsafeBundleError
+from ..errors import InstallError, InvalidConfigError, ReleaseAssetMissingError, UnsafeBundleError
 from ..profiles import KernelProfile
 from . import signing
 from .fetch import DEFAULT_MAX_BYTES, Fetcher, Progress, ReleaseSource
-from .install import install_bundle, install_legacy
+from .install import LOCK_TIMEOUT_S, install_bundle, install_legacy
 from .model import KernelBundle, validate_bundle
 from .release import SUMS, asset_name, normalise_version, parse_sums
 
@@ -159,6 +161,24 @@ def install_release(options: InstallFromOptions, progress: Progress | None = Non
     root = options.install_root or layout.default_install_root()
     fetcher = Fetcher(ReleaseSource.parse(options.source), options.max_bytes, progress)
     root.mkdir(parents=True, exist_ok=True)
+    # One installer at a time per root: under this lock, staging dirs left by a crashed one are stale.
+    lock = filelock.FileLock(str(root / ".release.lock"), timeout=LOCK_TIMEOUT_S)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise InstallError(f"another installer has held {root} for {LOCK_TIMEOUT_S:.0f}s",
+                           hint="wait for it to finish") from None
+    try:
+        for stale in root.glob(".release-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        return _install_locked(options, fetcher, version, choice, profiles, root, warn)
+    finally:
+        lock.release()
+
+
+def _install_locked(options: InstallFromOptions, fetcher: Fetcher, version: str, choice: str,
+                    profiles: tuple[KernelProfile, ...], root: Path,
+                    warn: Callable[[str], None] | None) -> ReleaseInstall:
     staging = Path(tempfile.mkdtemp(prefix=".release-", dir=root))
     try:
         sums = _verified_sums(fetcher, options, staging)
