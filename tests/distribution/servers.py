@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import threading
@@ -172,7 +173,10 @@ def local_registry(root: Path, user: str = "vz", password: str = "s3cret-pass") 
     (root / "htpasswd").write_text(line + "\n")
     port = free_port()
     (root / "config.yml").write_text(_config(root, port))
-    with open(root / "registry.log", "wb") as log, \
-            spawn(["docker-registry", "serve", root / "config.yml"], stdout=log, stderr=log) as proc:
+    # distribution reads every REGISTRY_* variable as a config override: podman's REGISTRY_AUTH_FILE
+    # would become "auth.file" and break the htpasswd section. The registry gets none of them.
+    unset = [f"--unset={k}" for k in os.environ if k.startswith("REGISTRY_")]
+    argv = ["env", *unset, "docker-registry", "serve", root / "config.yml"]
+    with open(root / "registry.log", "wb") as log, spawn(argv, stdout=log, stderr=log) as proc:
         _wait_ready(port, proc)
         yield LocalRegistry(root, port, user, password, proc)

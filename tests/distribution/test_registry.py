@@ -130,6 +130,11 @@ def test_registry_errors_are_one_line_and_leave_nothing(tmp_path: Path, registry
     assert_one_line_error(vz(home, "pull", "127.0.0.1:1/vz/container:1.0.0", REGISTRY_AUTH_FILE=good), 66,
                           "connection refused")
     assert_one_line_error(vz(home, "pull", "no-host-given:1.0", REGISTRY_AUTH_FILE=good), 18)
+    other = next(a for a in Architecture if a is not Architecture.host())
+    manifests = pushed["manifests"]
+    assert isinstance(manifests, dict)
+    assert_one_line_error(vz(home, "pull", f"{registry.host}/vz/container@{manifests[other.value]}",
+                             REGISTRY_AUTH_FILE=good), 68, f"holds the {other.value} bundle")
     assert_one_line_error(vz(home, "push", tmp_path, f"{registry.host}/vz/x@sha256:{'0' * 64}"), 18,
                           "cannot push to a digest")
     assert_one_line_error(vz(home, "push", tmp_path, f"{registry.host}/vz/x:1", REGISTRY_AUTH_FILE=good), 10)

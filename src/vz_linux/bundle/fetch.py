@@ -30,7 +30,7 @@ from typing import IO
 import filelock
 
 from .. import layout
-from ..errors import AssetChecksumError, DownloadError, ReleaseAssetMissingError
+from ..errors import AssetChecksumError, DownloadError, InvalidConfigError, ReleaseAssetMissingError
 from ..hashing import sha256_file
 from ..version import __version__
 
@@ -56,8 +56,8 @@ class ReleaseSource:
         if parsed.scheme == "file":
             return cls(None, Path(urllib.parse.unquote(parsed.path)))
         if parsed.scheme and len(parsed.scheme) > 1:
-            raise ReleaseAssetMissingError(f"cannot fetch a release from {text!r}: only http(s):// URLs and "
-                                           "directories are supported", hint="pass --from URL or --from DIR")
+            raise InvalidConfigError(f"cannot fetch a release from {text!r}: only http(s):// URLs and "
+                                     "directories are supported", hint="pass --from URL or --from DIR")
         return cls(None, Path(text))
 
     def where(self, name: str) -> str:
@@ -84,7 +84,10 @@ class Fetcher:
         with self._open(name, 0) as (stream, total, _):
             if total is not None and total > limit:
                 raise DownloadError(f"{self.source.where(name)} is {total} bytes, more than the {limit} allowed")
-            data = stream.read(limit + 1)
+            try:
+                data = stream.read(limit + 1)
+            except (http.client.IncompleteRead, OSError) as e:
+                raise self._truncated(name, 0, total, e) from None
         if len(data) > limit:
             raise DownloadError(f"{self.source.where(name)} is larger than the {limit} bytes allowed")
         return data

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .. import layout
 from ..arch import Architecture
-from ..errors import BlobDigestError, InvalidConfigError, ReleaseError
+from ..errors import BlobDigestError, InvalidConfigError, ReferenceNotFoundError, ReleaseError
 from ..fsutil import publish_dir, write_atomic
 from ..hashing import sha256_bytes
 from ..profiles import KernelProfile
@@ -103,9 +103,13 @@ def _fetch(ref: Reference, arch: Architecture, store: BundleStore, client: Regis
         metadata = artifact.extract_bundle(Path(tmp) / "layout", ref.digest, stage, str(ref))
         # Integrity only (every checksum); whether this vz-linux may use it is decided at install.
         validate_bundle(stage, require_exact_agent_version=False)
-        if metadata.arch is not arch:
-            raise InvalidConfigError(f"{ref} holds a {metadata.arch.value} bundle, not {arch.value}",
-                                     hint="the index labels it wrongly; push it again with vz-linux push")
+        _check_arch(ref, metadata, arch)
+
+
+def _check_arch(ref: Reference, metadata: BundleMetadata, arch: Architecture) -> None:
+    if metadata.arch is not arch:
+        raise ReferenceNotFoundError(f"{ref} holds the {metadata.arch.value} bundle, not {arch.value}",
+                                     hint="pin the index (or this arch's manifest), or pass --arch")
 
 
 def pull(reference: Reference | str, arch: Architecture | None = None, *, store: BundleStore | None = None,
@@ -124,8 +128,9 @@ def pull(reference: Reference | str, arch: Architecture | None = None, *, store:
     if got.index_digest is not None and got.index_raw is not None:
         store.save_index(got.index_digest, got.index_raw)
     root = store.bundle_dir(got.manifest_digest)
-    return PulledBundle(root, ref.at(got.manifest_digest), got.manifest_digest, got.index_digest,
-                        BundleMetadata.read(root / layout.METADATA), from_store)
+    metadata = BundleMetadata.read(root / layout.METADATA)
+    _check_arch(ref.at(got.manifest_digest), metadata, arch)
+    return PulledBundle(root, ref.at(got.manifest_digest), got.manifest_digest, got.index_digest, metadata, from_store)
 
 
 def bundle_dir_for(reference: str, install_dir: Path, arch: Architecture | None = None) -> Path:
