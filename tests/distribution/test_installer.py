@@ -12,6 +12,7 @@ import pytest
 
 from vz_linux.arch import Architecture
 from vz_linux.bundle.release import asset_name
+from vz_linux.bundle.signing import sign_file
 from vz_linux.profiles import KernelProfile
 
 from ..foundation.bundles import flip_byte
@@ -209,3 +210,19 @@ def test_size_cap_and_missing_version(tmp_path: Path, signing_key: Keys) -> None
         assert code == 63 and "v7.0.0" in err, err
     assert not (linux(home) / "container").exists()
     assert not list((home / ".cache" / "vz-linux" / "downloads").glob("*.part"))
+
+
+def test_seed_release_with_only_the_legacy_name_installs_developer(tmp_path: Path, signing_key: Keys) -> None:
+    """A seed-era release: the developer bundle only as vz-linux-vV-ARCH.tar.gz, no container one."""
+    rel = fake_release(tmp_path / "seed", "0.5.0", None, profiles=(DEV,)).dir
+    (rel / asset_name(DEV, "0.5.0", ARCH)).unlink()
+    sums = [line for line in (rel / "SHA256SUMS").read_text().splitlines() if "-developer-" not in line]
+    (rel / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    sign_file(signing_key.private, rel / "SHA256SUMS")
+    home = tmp_path / "home"
+    with ReleaseServer(rel).running() as srv:
+        code, _, err = install(home, srv.url, "0.5.0", signing_key)
+        assert code == 0, err
+        assert asset_name(None, "0.5.0", ARCH) in srv.names()
+    assert (linux(home) / "developer" / "vmlinux").is_file() and (linux(home) / "vmlinux").is_file()
+    assert "no container bundle" in err

@@ -1,13 +1,16 @@
-"""Registry references and the registry client's command lines, as data (no registry needed)."""
+"""Registry references, the registry client's command lines and the artifact format, as data (no
+registry needed)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from vz_linux.arch import Architecture
-from vz_linux.bundle.artifact import select_platform
+from vz_linux.bundle.artifact import canonical, digest_of, extract_bundle, select_platform, write_layout
+from vz_linux.bundle.model import load_bundle, validate_bundle
 from vz_linux.bundle.registry import Reference, RegistryClient, classify
 from vz_linux.errors import (
     BlobDigestError,
@@ -16,6 +19,10 @@ from vz_linux.errors import (
     RegistryAuthError,
     RegistryError,
 )
+from vz_linux.hashing import sha256_file
+from vz_linux.profiles import KernelProfile
+
+from ..foundation.bundles import make_bundle
 
 DIGEST = "sha256:" + "ab" * 32
 
@@ -85,3 +92,44 @@ def test_platform_selection() -> None:
     assert select_platform(index, Architecture.arm64, "r") == DIGEST
     with pytest.raises(ReferenceNotFoundError, match=r"linux/amd64.*it has: linux/arm64"):
         select_platform(index, Architecture.x86_64, "r")
+
+
+# --- the artifact format, round-tripped through an OCI layout on disk ----------------------------------
+def _layout(tmp_path: Path) -> tuple[Path, str, Path]:
+    make_bundle(tmp_path / "b", KernelProfile.container)
+    written = write_layout([load_bundle(tmp_path / "b")], tmp_path / "layout", "t")
+    return tmp_path / "layout", written.manifests[Architecture.host()], tmp_path / "b"
+
+
+def test_layout_round_trip_gives_back_the_bundle(tmp_path: Path) -> None:
+    root, digest, bundle = _layout(tmp_path)
+    (tmp_path / "out").mkdir()
+    extract_bundle(root, digest, tmp_path / "out", "r")
+    for name in ("vmlinux", "initramfs.img", "crun", "version.json"):
+        assert (tmp_path / "out" / name).read_bytes() == (bundle / name).read_bytes()
+    assert (tmp_path / "out" / "crun").stat().st_mode & 0o111
+    validate_bundle(tmp_path / "out")
+    # Canonical JSON: the same bundle gives the same manifest digest.
+    again = write_layout([load_bundle(bundle)], tmp_path / "layout2", "t")
+    assert again.manifests[Architecture.host()] == digest
+
+
+def test_tampered_blob_and_foreign_artifacts_are_refused(tmp_path: Path) -> None:
+    root, digest, bundle = _layout(tmp_path)
+    blob = root / "blobs" / "sha256" / sha256_file(bundle / "initramfs.img")
+    data = bytearray(blob.read_bytes())
+    data[10] ^= 0xFF
+    blob.unlink()  # a link to the bundle's file: replace, do not write through
+    blob.write_bytes(bytes(data))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(BlobDigestError):
+        extract_bundle(root, digest, tmp_path / "out", "r")
+    manifest_path = root / "blobs" / "sha256" / digest.split(":")[1]
+    doc = json.loads(manifest_path.read_bytes())
+    doc["artifactType"] = "application/vnd.example.other+json"
+    raw = canonical(doc)
+    (root / "blobs" / "sha256" / digest_of(raw).split(":")[1]).write_bytes(raw)
+    (tmp_path / "out2").mkdir()
+    with pytest.raises(RegistryError, match="not a vz-linux bundle") as e:
+        extract_bundle(root, digest_of(raw), tmp_path / "out2", "r")
+    assert type(e.value) is RegistryError and e.value.exit_code == 66
