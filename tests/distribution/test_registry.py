@@ -21,6 +21,7 @@ from vz_linux.bundle.artifact import (
     TITLE,
 )
 from vz_linux.bundle.metadata import BundleMetadata
+from vz_linux.bundle.model import KernelBundle
 from vz_linux.bundle.resolve import KernelBundleOptions, ensure_kernel_bundle
 from vz_linux.hashing import sha256_bytes, sha256_file
 from vz_linux.profiles import KernelProfile
@@ -161,33 +162,46 @@ def own_registry(tmp_path: Path) -> Iterator[LocalRegistry]:
         yield reg
 
 
+def _push(home: Path, bundle: Path, ref: str, auth: Path) -> str:
+    r = vz(home, "push", bundle, ref, "--json", REGISTRY_AUTH_FILE=str(auth))
+    assert r.returncode == 0, r.stderr
+    pinned: str = json.loads(r.stdout)["reference"]  # HOST/REPO@sha256:<index digest>
+    return pinned
+
+
 def test_ensure_with_a_reference_pulls_once_then_resolves_without_the_registry(
         tmp_path: Path, own_registry: LocalRegistry, monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path / "home"
     auth = own_registry.auth_file(tmp_path / "auth.json")
-    make_bundle(tmp_path / "b", CONT)
-    r = vz(home, "push", tmp_path / "b", f"{own_registry.host}/vz/container:2", "--json",
-           REGISTRY_AUTH_FILE=str(auth))
-    assert r.returncode == 0, r.stderr
-    pinned = json.loads(r.stdout)["reference"]  # HOST/REPO@sha256:<index digest>
+    make_bundle(tmp_path / "v2", CONT)
+    make_bundle(tmp_path / "v3", CONT)
+    pin2 = _push(home, tmp_path / "v2", f"{own_registry.host}/vz/container:2", auth)
+    pin3 = _push(home, tmp_path / "v3", f"{own_registry.host}/vz/container:3", auth)
     for name in [k for k in os.environ if k.startswith("VZ_LINUX_") and k != "VZ_LINUX_CACHE_DIR"]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("REGISTRY_AUTH_FILE", str(auth))
     monkeypatch.setattr(layout, "default_out_root", lambda: tmp_path / "no-checkout")
-    first = ensure_kernel_bundle(KernelBundleOptions(profile=CONT, reference=f"{own_registry.host}/vz/container:2@"
-                                                     + pinned.split("@", 1)[1]))
+
+    def ensure(reference: str) -> KernelBundle:
+        return ensure_kernel_bundle(KernelBundleOptions(profile=CONT, reference=reference))
+
+    # Tag and digest: the digest wins; the first call pulls.
+    first = ensure(f"{own_registry.host}/vz/container:2@" + pin2.split("@", 1)[1])
     assert first.root == home / ".vz" / "linux" / "container"
-    assert (first.root / "vmlinux").read_bytes() == (tmp_path / "b" / "vmlinux").read_bytes()
-    # The registry goes away: a digest pin that is stored and installed needs no round trip.
+    assert (first.root / "vmlinux").read_bytes() == (tmp_path / "v2" / "vmlinux").read_bytes()
+    assert (ensure(pin3).root / "vmlinux").read_bytes() == (tmp_path / "v3" / "vmlinux").read_bytes()
+    # The registry goes away: stored digest pins need no round trip, and switching between them works.
     own_registry.stop()
-    again = ensure_kernel_bundle(KernelBundleOptions(profile=CONT, reference=pinned))
-    assert again.root == first.root and again.metadata == first.metadata
+    for pin, version in ((pin2, "v2"), (pin3, "v3"), (pin2, "v2")):
+        got = ensure(pin)
+        assert got.root == first.root
+        assert (got.root / "vmlinux").read_bytes() == (tmp_path / version / "vmlinux").read_bytes()
     r = vz(home, "ensure", "--profile", "container", "--json", REGISTRY_AUTH_FILE=str(auth),
-           VZ_LINUX_CONTAINER_REFERENCE=pinned)
+           VZ_LINUX_CONTAINER_REFERENCE=pin2)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["source_reason"] == "$VZ_LINUX_CONTAINER_REFERENCE"
-    # A tag is resolved with the registry every time: without it, a clear error.
+    # A tag is resolved with the registry every time: without it, a clear error, the install kept.
     r = vz(home, "ensure", "--profile", "container", "--reference", f"{own_registry.host}/vz/container:2",
            REGISTRY_AUTH_FILE=str(auth))
     assert_one_line_error(r, 66, "connection refused")
