@@ -21,7 +21,7 @@ import shutil
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .. import layout
@@ -73,7 +73,9 @@ def parse_sums(text: str, source: str = SUMS) -> dict[str, str]:
 
 
 def _mtime(bundle: KernelBundle) -> int:
-    return int(datetime.fromisoformat(bundle.metadata.built.replace("Z", "+00:00")).timestamp())
+    built = datetime.fromisoformat(bundle.metadata.built.replace("Z", "+00:00"))
+    # A time without a zone is read as UTC, never as this machine's local time.
+    return int((built if built.tzinfo else built.replace(tzinfo=UTC)).timestamp())
 
 
 def write_tarball(bundle: KernelBundle, dest: Path) -> None:
