@@ -165,4 +165,11 @@ class RegistryClient:
         with tempfile.TemporaryDirectory(prefix="vz-push-") as tmp:
             digest_file = Path(tmp) / "digest"
             self._run(self.push_argv(layout_dir, tag, ref, digest_file), f"pushing to {ref}")
-            return digest_file.read_text().strip()
+            try:
+                digest = digest_file.read_text().strip()
+            except OSError:
+                digest = ""
+        if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+            raise RegistryError(f"pushing to {ref}: skopeo reported success but no digest ({digest!r})",
+                                hint="check the registry with skopeo inspect")
+        return digest

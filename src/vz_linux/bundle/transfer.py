@@ -165,5 +165,5 @@ def push(bundle_dirs: Sequence[Path], reference: Reference | str, *, client: Reg
     with tempfile.TemporaryDirectory(prefix="vz-push-") as tmp:
         written = artifact.write_layout(bundles, Path(tmp) / "layout", ref.tag or "latest")
         digest = (client or RegistryClient()).push(written.root, written.tag, ref)
-    return Pushed(ref.at(digest) if digest else ref, digest, written.manifests, bundles[0].profile)
+    return Pushed(ref.at(digest), digest, written.manifests, bundles[0].profile)
 
