@@ -28,6 +28,9 @@ APT_PACKAGES=(
   openssl
   # another wall clock for the reproducible-initramfs test (tests/guest/test_initramfs.py)
   faketime
+  # distribution: release signatures (ssh-keygen -Y), the registry client; tests: a local
+  # distribution registry with htpasswd (bcrypt) basic auth
+  openssh-client skopeo docker-registry apache2-utils
   python3-venv
 )
 

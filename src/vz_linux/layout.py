@@ -101,6 +101,17 @@ def default_install_dir(profile: KernelProfile) -> Path:
     return default_install_root() / profile.value
 
 
+def trusted_keys_dir() -> Path:
+    """~/.vz/linux/trusted-keys/: the public keys ``vz-linux install --from`` trusts by default."""
+    return default_install_root() / "trusted-keys"
+
+
+def pulled_root(install_dir: Path | None = None) -> Path:
+    """Where pulled bundles are kept by digest: ``pulled/`` beside the install dirs
+    (``~/.vz/linux/pulled/`` by default), so a pinned version switches without the network."""
+    return install_dir.parent / "pulled" if install_dir is not None else default_install_root() / "pulled"
+
+
 def cache_root() -> Path:
     """Build cache outside the checkout: $VZ_LINUX_CACHE_DIR, else $XDG_CACHE_HOME/vz-linux."""
     env = os.environ.get("VZ_LINUX_CACHE_DIR")
@@ -109,3 +120,8 @@ def cache_root() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg) if xdg else home_dir() / ".cache"
     return base / "vz-linux"
+
+
+def downloads_dir() -> Path:
+    """Partial release downloads, kept for resuming (named by the sha256 they must end up with)."""
+    return cache_root() / "downloads"
