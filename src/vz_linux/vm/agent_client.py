@@ -354,6 +354,12 @@ class AgentClient:
     def broken(self) -> bool:
         return self._broken is not None
 
+    @property
+    def pending_requests(self) -> int:
+        """Requests (running execs included) that still wait for frames from the agent."""
+        with self._lock:
+            return len(self._pending)
+
     # --- plumbing: the reader thread --------------------------------------------------------
     def _read_loop(self) -> None:
         reader = FrameReader()
