@@ -218,7 +218,7 @@ KEEPALIVE = (0.3, 1.5)  # seconds: interval, timeout
 
 
 def test_closed_channel_fails_a_pending_exec_as_agent_gone() -> None:
-    with fake_pair(keepalive=KEEPALIVE) as (client, agent):
+    with fake_pair() as (client, agent):
         stream, _rid = _exec(client, agent)
         agent.sock.close()
         with pytest.raises(AgentGoneError, match="closed the connection") as e:

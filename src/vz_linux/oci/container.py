@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..bundle.model import KernelBundle
-from ..errors import OciError
+from ..errors import OciError, VzLinuxError
 from ..fsutil import publish_file
 from ..profiles import KernelProfile
 from ..vm.agent_client import ExecStream
@@ -226,9 +227,20 @@ class ContainerVm:
              on_stdout: Sink, on_stderr: Sink, on_started: OnStarted | None = None) -> int:
         """``crun exec``; ``on_started`` gets the stream (closing it kills the command)."""
         err = _Tee(on_stderr, None)
-        code = self._exec(guest.crun_exec(self.state.id, args, env, cwd), on_stdout, err,
-                          self.cfg.exec_timeout, on_started)
+        pid_file = guest.exec_pid_file(secrets.token_hex(8))
+        try:
+            code = self._exec(guest.crun_exec(self.state.id, args, env, cwd, pid_file), on_stdout, err,
+                              self.cfg.exec_timeout, on_started)
+        except BaseException:
+            self._kill_exec(pid_file)
+            raise
         return _not_found_is_127(code, err.tail)
+
+    def _kill_exec(self, pid_file: str) -> None:
+        """Stop an exec's process that outlived crun (cancelled, timed out); best effort: the
+        agent may be the thing that failed."""
+        with contextlib.suppress(VzLinuxError):
+            self._collect(["/bin/sh", "-c", guest.kill_exec(pid_file)], timeout=30)
 
     def kill(self, signal: str) -> int:
         code, _ = self._collect(guest.crun_kill(self.state.id, signal), timeout=30)
