@@ -147,7 +147,7 @@ class AgentGoneError(AgentError):
     answering keepalives. Requests it was serving are lost."""
 
     exit_code = 45
-    hint = "a process in the guest may have killed the agent (e.g. `kill -9 -1` as root); see docs/security.md"
+    hint = "a process in the guest may have killed it, e.g. `kill -9 -1` as root: see docs/security.md"
 
 
 class AgentProtocolError(AgentError):
