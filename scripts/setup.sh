@@ -22,6 +22,8 @@ APT_PACKAGES=(
   clang-14 libclang-rt-14-dev
   # booting
   qemu-system-x86 qemu-system-arm qemu-utils
+  # read-only virtiofs shares: virtiofsd runs in a mount namespace with a read-only bind (docs/security.md)
+  bubblewrap
   # OCI image layouts for tests/benchmarks
   umoci
   # a throw-away TLS certificate for the download tests' HTTPS server on 127.0.0.1

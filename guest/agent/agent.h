@@ -46,6 +46,7 @@ struct exec {
     int in_fd, out_fd, err_fd;
     struct buf stdin_q;
     int stdin_eof;
+    int paused;          /* the host asked us to stop reading its output (FLOW) */
     int reaped, status, timed_out, exec_errno;
     int64_t deadline, reaped_at;
     char name[64];

@@ -289,6 +289,7 @@ void exec_detach_conn(struct conn *c)
             if (!e->reaped && e->pid > 0)
                 kill(-e->pid, SIGKILL);
             e->conn = NULL;
+            e->paused = 0; /* nobody reads it any more: drain the pipes so the exec can finish */
         }
     }
 }
@@ -309,7 +310,7 @@ void exec_tick(void)
             continue;
         /* Output still open after the child exited: a background grandchild holds the pipe. */
         if ((e->out_fd >= 0 || e->err_fd >= 0) && e->conn &&
-            (now - e->reaped_at < EXIT_GRACE_MS || buf_size(&e->conn->out) > OUT_HIGH_WATER))
+            (now - e->reaped_at < EXIT_GRACE_MS || e->paused || buf_size(&e->conn->out) > OUT_HIGH_WATER))
             continue;
         finish(e);
     }

@@ -440,8 +440,9 @@ static void loop(void)
             break;
         for (int i = 0; i < MAX_EXECS; i++) {
             struct exec *e = &g_execs[i];
-            /* Backpressure: a connection with a full queue stops draining its children's pipes. */
-            int paused = e->conn && buf_size(&e->conn->out) > OUT_HIGH_WATER;
+            /* Backpressure: a connection with a full queue stops draining its children's pipes, and
+             * an exec the host paused (FLOW: its reader is behind) stops draining its own. */
+            int paused = e->paused || (e->conn && buf_size(&e->conn->out) > OUT_HIGH_WATER);
             if (!e->used)
                 continue;
             if (e->in_fd >= 0 && buf_size(&e->stdin_q))

@@ -117,6 +117,19 @@ static void do_stdin(struct conn *c, const struct vz_frame *f, const struct vz_s
     exec_queue_stdin(e, r->data, r->has_data ? r->data_len : 0, r->eof);
 }
 
+/* FLOW: the host's queue for this exec is full (pause) or drained (resume). No reply: an exec that
+ * has just finished is not an error, and replies would only add to the queue being relieved. */
+static void do_flow(struct conn *c, const struct vz_frame *f, const struct vz_simple_req *r)
+{
+    struct exec *e = exec_find(c, f->id);
+    if (!r->has_pause || r->pause > 1) {
+        send_error(c, f->id, VZ_E_BAD_PAYLOAD, "flow needs PAUSE (0 or 1)");
+        return;
+    }
+    if (e)
+        e->paused = (int)r->pause;
+}
+
 static void do_signal(struct conn *c, const struct vz_frame *f, const struct vz_simple_req *r)
 {
     struct exec *e;
@@ -312,6 +325,7 @@ void handle_frame(struct conn *c, const struct vz_frame *f)
     case VZ_MSG_WRITE_FILE: do_write_file(c, f, &r); break;
     case VZ_MSG_PROBE: do_probe(c, f, &r); break;
     case VZ_MSG_POWEROFF: do_poweroff(c, f, &r); break;
+    case VZ_MSG_FLOW: do_flow(c, f, &r); break;
     default: break;
     }
 }

@@ -106,7 +106,7 @@ static char *arena_str(struct vz_arena *a, const struct vz_tlv *t)
 
 int vz_known_request(uint8_t type)
 {
-    return type >= VZ_MSG_HELLO && type <= VZ_MSG_POWEROFF;
+    return type >= VZ_MSG_HELLO && type <= VZ_MSG_FLOW;
 }
 
 int vz_parse_exec(const struct vz_frame *f, struct vz_arena *a, struct vz_exec_req *r, const char **why)
@@ -134,6 +134,7 @@ int vz_parse_exec(const struct vz_frame *f, struct vz_arena *a, struct vz_exec_r
             break;
         case VZ_T_TIMEOUT_MS:
             if (vz_tlv_u64(&t, &r->timeout_ms)) { *why = "timeout_ms must be 8 bytes"; return -1; }
+            if (r->timeout_ms > VZ_MAX_TIMEOUT_MS) { *why = "timeout_ms over the 2^40 ms limit"; return -1; }
             break;
         case VZ_T_DATA:
             r->stdin_data = t.val;
@@ -176,12 +177,17 @@ int vz_parse_simple(const struct vz_frame *f, struct vz_arena *a, struct vz_simp
         case VZ_T_ACTION: num = &r->action; has = &r->has_action; break;
         case VZ_T_MAX_SIZE: num = &r->max_size; has = &r->has_max_size; break;
         case VZ_T_TIMEOUT_MS: num = &r->timeout_ms; has = &r->has_timeout_ms; break;
+        case VZ_T_PAUSE: num = &r->pause; has = &r->has_pause; break;
         default: break;
         }
         if (dst && !(*dst = arena_str(a, &t))) { *why = "string field contains NUL"; return -1; }
         if (num) {
             if (vz_tlv_u64(&t, num)) { *why = "integer field must be 8 bytes"; return -1; }
             *has = 1;
+        }
+        if (num == &r->timeout_ms && r->timeout_ms > VZ_MAX_TIMEOUT_MS) {
+            *why = "timeout_ms over the 2^40 ms limit";
+            return -1;
         }
     }
     if (rc < 0) { *why = "truncated field"; return -1; }

@@ -15,6 +15,8 @@
 #define VZ_TLV_HEADER 6u
 #define VZ_MAX_ARGS 256u
 #define VZ_MAX_ENV 256u
+/* TIMEOUT_MS above this is refused (BAD_PAYLOAD): a deadline of now + 2^63 ms would overflow. */
+#define VZ_MAX_TIMEOUT_MS (1ull << 40)
 
 /* Message types: host -> agent */
 enum {
@@ -27,6 +29,7 @@ enum {
     VZ_MSG_WRITE_FILE = 0x07,
     VZ_MSG_PROBE = 0x08,
     VZ_MSG_POWEROFF = 0x09,
+    VZ_MSG_FLOW = 0x0A,      /* id = an exec's id: PAUSE 1 stops reading its output, 0 resumes */
 };
 /* Message types: agent -> host */
 enum {
@@ -46,7 +49,7 @@ enum {
     VZ_T_SYSNAME = 22, VZ_T_RELEASE = 23, VZ_T_OS_VERSION = 24, VZ_T_MACHINE = 25,
     VZ_T_MONOTONIC_NS = 26, VZ_T_BOOTTIME_NS = 27, VZ_T_START_BOOTTIME_NS = 28,
     VZ_T_START_MONOTONIC_NS = 29, VZ_T_REALTIME_NS = 30, VZ_T_TIMED_OUT = 31, VZ_T_ACTION = 32,
-    VZ_T_MAX_SIZE = 33, VZ_T_SIZE = 34, VZ_T_TRANSPORT = 35,
+    VZ_T_MAX_SIZE = 33, VZ_T_SIZE = 34, VZ_T_TRANSPORT = 35, VZ_T_PAUSE = 36,
 };
 
 /* Error codes carried in ERROR frames. */
@@ -122,8 +125,8 @@ struct vz_simple_req {        /* every other request: the fields it may carry */
     const uint8_t *data;
     uint32_t data_len;
     int has_data, eof;
-    uint64_t exec_id, signal, mode, action, max_size, timeout_ms;
-    int has_exec_id, has_signal, has_mode, has_action, has_max_size, has_timeout_ms;
+    uint64_t exec_id, signal, mode, action, max_size, timeout_ms, pause;
+    int has_exec_id, has_signal, has_mode, has_action, has_max_size, has_timeout_ms, has_pause;
 };
 
 /* 0 on success; -1 on malformed payload with a static reason in *why. */

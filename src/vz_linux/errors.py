@@ -160,6 +160,28 @@ class CapabilityProbeError(VmError):
     exit_code = 44
 
 
+class AgentGoneError(AgentError):
+    """The guest agent went away: its channel closed, a restarted agent answered, or it stopped
+    answering keepalives. Requests it was serving are lost."""
+
+    exit_code = 45
+    hint = "a process in the guest may have killed it, e.g. `kill -9 -1` as root: see docs/security.md"
+
+
+class AgentProtocolError(AgentError):
+    """The agent sent something the protocol does not allow: broken framing, a frame whose values are
+    out of range, or more output than it was allowed to queue (docs/PROTOCOL.md)."""
+
+    exit_code = 46
+
+
+class ExecOutputLimitError(AgentError):
+    """A collected exec printed more than the collector keeps (the command was killed)."""
+
+    exit_code = 47
+    hint = "stream the output instead (exec_stream) or raise max_output"
+
+
 # --- OCI (docs/oci.md) -----------------------------------------------------------------------
 class OciError(VzLinuxError):
     exit_code = 50

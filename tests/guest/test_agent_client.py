@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from vz_linux.errors import AgentError, AgentTimeoutError
+from vz_linux.errors import AgentError, AgentGoneError, AgentTimeoutError
 from vz_linux.version import AGENT_PROTOCOL_REVISION
 from vz_linux.vm.agent_client import AgentClient
 from vz_linux.vm.agent_protocol import HEADER_SIZE
@@ -88,7 +88,7 @@ def test_channel_closing_fails_every_waiter() -> None:
     theirs.close()
     for t in threads:
         t.join(timeout=30)
-    assert len(errors) == 3 and all(type(e) is AgentError for e in errors)
+    assert len(errors) == 3 and all(type(e) is AgentGoneError for e in errors)
     assert c.broken
     with pytest.raises(AgentError, match=r"closed|reset"):
         c.ping()

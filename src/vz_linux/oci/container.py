@@ -2,26 +2,31 @@
 
 Host side (no VM): resolve the image, check the command exists in it (exit 127 before any boot),
 validate volumes, resolve the kernel bundle of the chosen profile, and write the container dir
-(``config.json``, the bundle's ``crun``, ``state.json``). Guest side (:class:`ContainerVm`): boot a
-:class:`~vz_linux.vm.linux_vm.LinuxVm` with the image, the container dir and every volume as virtiofs
-shares, run :func:`.guest.prepare_script` once, then ``crun run``/``exec``/``kill`` through the
-agent with output streamed back.
+(``config.json``, its own copy of the bundle's ``crun``, ``state.json``). Guest side
+(:class:`ContainerVm`): boot a :class:`~vz_linux.vm.linux_vm.LinuxVm` with the image, the container
+dir and every volume as virtiofs shares — the image, the container dir and ``:ro`` volumes read-only
+on the host (docs/security.md) — run :func:`.guest.prepare_script` once, then ``crun run``/``exec``/
+``kill`` through the agent with output streamed back and logged to size-capped files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import secrets
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..bundle.model import KernelBundle
-from ..errors import OciError
-from ..fsutil import write_atomic
+from ..errors import OciError, VzLinuxError
+from ..fsutil import publish_file, write_atomic
 from ..profiles import KernelProfile
+from ..vm.agent_client import ExecStream
 from ..vm.agent_protocol import Stream
+from ..vm.guest_log import CappedLog
 from ..vm.linux_vm import LinuxVm, VmConfig, VmShare
 from . import guest
 from .config import RuntimeConfig
@@ -36,11 +41,13 @@ from .state import (
     ContainerStore,
     Status,
     now,
-    same_file_or_copy,
 )
 
 Sink = Callable[[bytes], None]
+OnStarted = Callable[[ExecStream], None]
 _TAIL = 4096
+CONTAINER_LOG_LIMIT = 8 << 20  # bytes per file of stdout.log / stderr.log, which keep two (docs/oci.md)
+_COLLECT_LIMIT = 1 << 20  # output kept of the VM-side helper commands (prepare, crun kill)
 
 
 @dataclass(frozen=True)
@@ -82,7 +89,10 @@ def prepare_container(cfg: RuntimeConfig, req: ContainerRequest) -> tuple[Contai
         spec = runtime_spec(process, root_path=guest.GUEST_ROOTFS,
                             namespaces=namespaces_for(_profile(cfg), cfg.network), volumes=volumes)
         write_atomic(cdir / CONFIG_FILE, (json.dumps(spec, indent=2) + "\n").encode(), mode=PRIVATE_FILE_MODE)
-        same_file_or_copy(bundle.oci_runtime, cdir / "crun")
+        # A copy, never a link: the container dir is shared with the guest (read-only, but a link
+        # would still tie every container, and the install's checksum, to one inode).
+        with publish_file(cdir / "crun", mode=0o755) as tmp:
+            shutil.copyfile(bundle.oci_runtime, tmp)
         state = ContainerState(
             id=cid, name=req.name or cid, image=rootfs.image, rootfs=str(rootfs.path),
             profile=_profile(cfg).value, args=process.args, env=process.env, cwd=process.cwd,
@@ -96,11 +106,11 @@ def prepare_container(cfg: RuntimeConfig, req: ContainerRequest) -> tuple[Contai
 
 
 class _Tee:
-    """Streams one output channel to a sink and a log file, keeping a tail for error detection."""
+    """Streams one output channel to a sink and a size-capped log, keeping a tail for error detection."""
 
     def __init__(self, sink: Sink | None, log: Path | None) -> None:
         self.sink = sink
-        self.file = open(log, "ab") if log is not None else None  # noqa: SIM115 - closed in close()
+        self.file = CappedLog(log, CONTAINER_LOG_LIMIT) if log is not None else None
         self.tail = b""
 
     def __call__(self, data: bytes) -> None:
@@ -108,7 +118,6 @@ class _Tee:
             self.sink(data)
         if self.file is not None:
             self.file.write(data)
-            self.file.flush()
         self.tail = (self.tail + data)[-_TAIL:]
 
     def close(self) -> None:
@@ -130,8 +139,11 @@ class ContainerVm:
         self.timings: dict[str, float] = {}
 
     def vm_config(self) -> VmConfig:
-        shares = [VmShare(guest.IMAGE_TAG, Path(self.state.rootfs)), VmShare(guest.CTL_TAG, self.cdir)]
-        shares += [VmShare(guest.volume_tag(i), v.source) for i, v in enumerate(self.state.volumes)]
+        # Read-only on the host, not just by the guest's mount flags: a guest root can remount.
+        shares = [VmShare(guest.IMAGE_TAG, Path(self.state.rootfs), read_only=True),
+                  VmShare(guest.CTL_TAG, self.cdir, read_only=True)]
+        shares += [VmShare(guest.volume_tag(i), v.source, read_only=v.read_only)
+                   for i, v in enumerate(self.state.volumes)]
         return VmConfig.from_bundle(
             self.bundle.root,
             cpus=self.state.cpus,
@@ -166,22 +178,32 @@ class ContainerVm:
         return self._vm
 
     def _exec(self, argv: Sequence[str], on_stdout: Sink, on_stderr: Sink,
-              timeout: float | None = None) -> int:
-        stream = self.vm.exec_stream(list(argv), timeout=timeout)
-        for chunk in stream:
-            (on_stderr if chunk.stream is Stream.STDERR else on_stdout)(chunk.data)
-        result = stream.result
+              timeout: float | None = None, on_started: OnStarted | None = None) -> int:
+        # The stream is closed on any exit: a sink that fails (its reader went away) or a
+        # cancellation kills the command in the guest instead of leaving it running.
+        with self.vm.exec_stream(list(argv), timeout=timeout) as stream:
+            if on_started is not None:
+                on_started(stream)
+            for chunk in stream:
+                (on_stderr if chunk.stream is Stream.STDERR else on_stdout)(chunk.data)
+            result = stream.result
         assert result is not None
-        if result.timed_out:
+        return self._exit_code(argv, result.timed_out, result.exit_code, result.error,
+                               result.shell_exit_code, timeout)
+
+    @staticmethod
+    def _exit_code(argv: Sequence[str], timed_out: bool, exit_code: int | None, error: str | None,
+                   shell_exit_code: int, timeout: float | None) -> int:
+        if timed_out:
             raise OciError(f"{argv[0]} did not finish within {timeout:.0f}s and was killed")
-        if result.exit_code == 127 and result.error:
-            raise OciError(f"the guest could not run {argv[0]}: {result.error}")
-        return result.shell_exit_code
+        if exit_code == 127 and error:
+            raise OciError(f"the guest could not run {argv[0]}: {error}")
+        return shell_exit_code
 
     def _collect(self, argv: Sequence[str], timeout: float = 60.0) -> tuple[int, bytes]:
-        out = bytearray()
-        code = self._exec(argv, out.extend, out.extend, timeout)
-        return code, bytes(out)
+        r = self.vm.agent.exec_collect(list(argv), timeout=timeout, max_output=_COLLECT_LIMIT)
+        code = self._exit_code(argv, r.timed_out, r.exit_code, r.error, r.shell_exit_code, timeout)
+        return code, r.stdout + r.stderr
 
     def _prepare(self) -> None:
         code, output = self._collect(["/bin/sh", "-c", guest.prepare_script(self.state.cwd)])
@@ -203,11 +225,23 @@ class ContainerVm:
         return _not_found_is_127(code, err.tail)
 
     def exec(self, args: Sequence[str], env: Sequence[str], cwd: str | None,
-             on_stdout: Sink, on_stderr: Sink) -> int:
+             on_stdout: Sink, on_stderr: Sink, on_started: OnStarted | None = None) -> int:
+        """``crun exec``; ``on_started`` gets the stream (closing it kills the command)."""
         err = _Tee(on_stderr, None)
-        code = self._exec(guest.crun_exec(self.state.id, args, env, cwd), on_stdout, err,
-                          self.cfg.exec_timeout)
+        pid_file = guest.exec_pid_file(secrets.token_hex(8))
+        try:
+            code = self._exec(guest.crun_exec(self.state.id, args, env, cwd, pid_file), on_stdout, err,
+                              self.cfg.exec_timeout, on_started)
+        except BaseException:
+            self._kill_exec(pid_file)
+            raise
         return _not_found_is_127(code, err.tail)
+
+    def _kill_exec(self, pid_file: str) -> None:
+        """Stop an exec's process that outlived crun (cancelled, timed out); best effort: the
+        agent may be the thing that failed."""
+        with contextlib.suppress(VzLinuxError):
+            self._collect(["/bin/sh", "-c", guest.kill_exec(pid_file)], timeout=30)
 
     def kill(self, signal: str) -> int:
         code, _ = self._collect(guest.crun_kill(self.state.id, signal), timeout=30)

@@ -25,6 +25,7 @@ GUEST_IMAGE = f"{GUEST_ROOT}/image"
 GUEST_CTL = f"{GUEST_ROOT}/ctl"  # host: the container's state dir (config.json, crun)
 GUEST_WORK = f"{GUEST_ROOT}/c"  # tmpfs: overlay upper/work and the merged rootfs
 GUEST_ROOTFS = f"{GUEST_WORK}/rootfs"
+GUEST_EXECS = f"{GUEST_ROOT}/execs"  # pid files of running `crun exec`s
 GUEST_CRUN = f"{GUEST_CTL}/crun"
 CRUN_STATE = "/run/crun"
 # crun exits 1/255 (not 127) when execve finds no such file; its message is how we tell.
@@ -49,7 +50,7 @@ def prepare_script(cwd: str) -> str:
     q = shlex.quote
     lines = [
         "set -e",
-        f"mkdir -p {GUEST_IMAGE} {GUEST_CTL} {GUEST_WORK}",
+        f"mkdir -p {GUEST_IMAGE} {GUEST_CTL} {GUEST_WORK} {GUEST_EXECS}",
         f"mount -t virtiofs -o ro {IMAGE_TAG} {GUEST_IMAGE}",
         f"mount -t virtiofs -o ro {CTL_TAG} {GUEST_CTL}",
         f"mount -t tmpfs -o mode=0755 vz-oci {GUEST_WORK}",
@@ -75,13 +76,30 @@ def crun_run(container_id: str) -> list[str]:
     return crun_argv("run", "--no-pivot", "--bundle", GUEST_CTL, container_id)
 
 
-def crun_exec(container_id: str, args: Sequence[str], env: Sequence[str], cwd: str | None) -> list[str]:
-    opts: list[str] = []
+def exec_pid_file(name: str) -> str:
+    return f"{GUEST_EXECS}/{name}.pid"
+
+
+def crun_exec(container_id: str, args: Sequence[str], env: Sequence[str], cwd: str | None,
+              pid_file: str) -> list[str]:
+    """``crun exec``, recording its process in ``pid_file`` while it runs. That process has a
+    session of its own, so killing crun (a timeout, a cancelled exec) leaves it running:
+    :func:`kill_exec` stops it through the pid file. A shell removes the file afterwards."""
+    opts: list[str] = ["--pid-file", pid_file]
     for item in env:
         opts += ["--env", item]
     if cwd:
         opts += ["--cwd", cwd]
-    return crun_argv("exec", *opts, container_id, *args)
+    crun = crun_argv("exec", *opts, container_id, *args)
+    return ["/bin/sh", "-c", 'f=$1; shift; "$@"; rc=$?; rm -f "$f"; exit $rc', "vz-exec", pid_file, *crun]
+
+
+def kill_exec(pid_file: str) -> str:
+    """BusyBox sh: SIGKILL the process group of the exec recorded in ``pid_file``, remove the file."""
+    f = shlex.quote(pid_file)
+    # Field 5 of /proc/PID/stat is the process group; the name before it may hold spaces.
+    return (f'p=$(cat {f} 2>/dev/null) && read -r s < /proc/"$p"/stat && s=${{s##*) }} && set -- $s && '
+            f'kill -9 -"$3" "$p"; rm -f {f}')
 
 
 def crun_kill(container_id: str, signal: str) -> list[str]:

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ContainerStateError, OciError
+from ..vm.guest_log import read_capped
 from . import supervisor
 from .config import RuntimeConfig
 from .container import ContainerRequest, Sink, prepare_container, store_for
 from .spec import parse_env
-from .state import LIVE, STDERR_LOG, STDOUT_LOG, SUPERVISOR_LOG, ContainerState, Status, now, read_log
+from .state import LIVE, STDERR_LOG, STDOUT_LOG, SUPERVISOR_LOG, ContainerState, Status, now
 
 
 def create(cfg: RuntimeConfig, req: ContainerRequest) -> ContainerState:
@@ -138,7 +139,8 @@ def logs(cfg: RuntimeConfig, ref: str) -> tuple[bytes, bytes]:
     store = store_for(cfg)
     state = store.find(ref)
     d = store.dir(state.id)
-    return read_log(d / STDOUT_LOG), read_log(d / STDERR_LOG)
+    # The logs are size-capped with one rotated part each (docs/oci.md): both, oldest first.
+    return read_capped(d / STDOUT_LOG), read_capped(d / STDERR_LOG)
 
 
 @dataclass(frozen=True)

@@ -268,18 +268,3 @@ def is_supervisor(pid: int, start: int, cdir: Path) -> bool:
     if at < 1 or argv[at - 1] != "-m" or len(argv) <= at + 1:
         return False
     return os.path.realpath(argv[at + 1]) == os.path.realpath(cdir)
-
-
-def read_log(path: Path) -> bytes:
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return b""
-
-
-def same_file_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link the bundle's crun into the container dir (copy across filesystems)."""
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)

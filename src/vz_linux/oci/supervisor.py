@@ -29,6 +29,7 @@ from typing import Any
 
 from ..errors import ContainerStateError, OciError, VzLinuxError
 from ..profiles import KernelProfile
+from ..vm.agent_client import ExecStream
 from .config import RuntimeConfig
 from .container import ContainerVm
 from .spec import merge_env
@@ -284,9 +285,20 @@ class Supervisor:
             raise OciError("exec needs a command")
         # crun exec's --env replaces the process environment: start from the container's own.
         env = merge_env(self.cvm.state.env, [str(e) for e in msg.get("env", [])])
-        code = self.cvm.exec(args, env, msg.get("cwd"), sink("stdout"), sink("stderr"))
-        with send_lock:
-            _send(conn, {"exit": code})
+        watchers: list[threading.Thread] = []
+
+        def started(stream: ExecStream) -> None:
+            watchers.append(_cancel_when_client_leaves(conn, stream))
+
+        try:
+            code = self.cvm.exec(args, env, msg.get("cwd"), sink("stdout"), sink("stderr"), started)
+            with send_lock:
+                _send(conn, {"exit": code})
+        finally:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RD)  # ends the watcher's read
+            for w in watchers:
+                w.join(timeout=5)
 
     def _op_stop(self, conn: socket.socket, msg: dict[str, Any]) -> None:
         timeout = float(msg.get("timeout", 10))
@@ -345,6 +357,19 @@ class Supervisor:
                                   error_code=e.exit_code, finished=now())
         self.booted.set()
         time.sleep(0.2)  # let a waiting `ready` reply go out before the process exits
+
+
+def _cancel_when_client_leaves(conn: socket.socket, stream: ExecStream) -> threading.Thread:
+    """An exec client sends nothing after its request: a read that returns means it went away
+    (Ctrl-C, killed), and then its command is killed in the guest instead of running on unseen."""
+    def watch() -> None:
+        with contextlib.suppress(OSError):
+            conn.recv(1)
+        stream.close()  # a no-op once the command has finished
+
+    thread = threading.Thread(target=watch, name="vz-exec-client", daemon=True)
+    thread.start()
+    return thread
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:

@@ -6,6 +6,7 @@ the constants agree (``tests/guest/test_agent_build.py``).
 
 from __future__ import annotations
 
+import builtins
 import enum
 import struct
 from collections.abc import Iterable, Iterator
@@ -17,6 +18,7 @@ HEADER_SIZE = HEADER.size
 TLV_HEADER = struct.Struct(">HI")
 MAX_PAYLOAD = 1024 * 1024
 FILE_LIMIT = 512 * 1024
+MAX_TIMEOUT_MS = 1 << 40  # the agent refuses a longer TIMEOUT_MS (a deadline must not overflow)
 VSOCK_PORT = 7424
 SERIAL_PORT_NAME = "org.vz.agent.0"
 
@@ -31,6 +33,7 @@ class Msg(enum.IntEnum):
     WRITE_FILE = 0x07
     PROBE = 0x08
     POWEROFF = 0x09
+    FLOW = 0x0A
     OK = 0x80
     ERROR = 0x81
     STARTED = 0x82
@@ -74,6 +77,7 @@ class Tag(enum.IntEnum):
     MAX_SIZE = 33
     SIZE = 34
     TRANSPORT = 35
+    PAUSE = 36
 
 
 class ErrorCode(enum.IntEnum):
@@ -144,9 +148,38 @@ class Frame:
             return None
         return int.from_bytes(v, "big")
 
+    def checked_int(self, tag: Tag, low: builtins.int, high: builtins.int) -> builtins.int:
+        """The integer field ``tag``, which must be present and lie in ``low..high``
+        (:class:`FrameValueError` otherwise). Guest values are never trusted."""
+        value = self.optional_int(tag, low, high)
+        if value is None:
+            raise FrameValueError(f"{tag.name} is missing")
+        return value
+
+    def optional_int(self, tag: Tag, low: builtins.int, high: builtins.int) -> builtins.int | None:
+        """Like :meth:`checked_int`, but None when the field is absent."""
+        raw = self.raw(tag)
+        if raw is None:
+            return None
+        if len(raw) != 8:
+            raise FrameValueError(f"{tag.name} is {len(raw)} bytes, not 8")
+        value = int.from_bytes(raw, "big")
+        if not low <= value <= high:
+            raise FrameValueError(f"{tag.name} {value} is outside {low}..{high}")
+        return value
+
+    @property
+    def size(self) -> builtins.int:
+        """Bytes this frame took on the wire (what a request's inbox is charged for it)."""
+        return HEADER_SIZE + sum(TLV_HEADER.size + len(v) for _, v in self.fields)
+
 
 class FrameError(ValueError):
     """The agent's byte stream is not valid framing (the channel cannot be trusted any more)."""
+
+
+class FrameValueError(ValueError):
+    """A frame that parses but carries a value the protocol does not allow (only its request fails)."""
 
 
 def decode_fields(payload: bytes) -> tuple[tuple[int, bytes], ...]:

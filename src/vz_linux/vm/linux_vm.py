@@ -8,6 +8,10 @@ program using the CLI becomes ``KeyboardInterrupt`` (``cli.common``) and unwinds
 
 Readiness is a fact: the host listens on the agent socket before QEMU starts, QEMU connects as a
 client, and the VM is ready when the agent answers hello with our protocol revision.
+
+The guest is untrusted (docs/security.md): its serial console reaches a size-capped log through a
+socket we read (QEMU's own file backend has no size limit), read-only shares are read-only on the
+host (virtiofsd under bubblewrap), and the agent client bounds what it queues and notices a dead agent.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import re
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +40,7 @@ from ..run import spawn, terminate
 from ..version import AGENT_PROTOCOL_REVISION
 from .accel import AccelChoice, AccelVerdict, resolve_accel
 from .agent_client import AgentClient, AgentHello, ExecResult, ExecStream, ProbeResult
+from .guest_log import CappedLog
 from .qemu import Accel, QemuVm, Share, Transport, host_tsc_khz, vhost_vsock_available
 from .virtiofsd import CacheMode, VirtiofsdConfig, virtiofsd
 
@@ -43,6 +49,7 @@ PANIC_MARKER = "Kernel panic"
 LOG_TAIL_LINES = 40
 QMP_CONNECT_TIMEOUT = 10.0
 WORKDIR_PREFIX = "vz-vm-"  # a VM's work dir: $TMPDIR/vz-vm-XXXXXXXX (sockets, logs)
+SERIAL_LOG_LIMIT = 1 << 20  # bytes per file of the serial log, which keeps two (docs/vm.md)
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,7 @@ class VmShare:
     tag: str
     source: Path
     cache: CacheMode = CacheMode.auto
+    read_only: bool = False  # enforced on the host, whatever the guest's mount flags say
 
 
 @dataclass(frozen=True)
@@ -67,6 +75,7 @@ class VmConfig:
     rootfs: Path | None = None  # shared as tag "rootfs": init overlays it and chroots (docs/guest.md)
     shares: tuple[VmShare, ...] = ()  # further shares, conventionally tagged vz-mount-N
     serial_log: Path | None = None  # None: kept in the VM's work dir (for error reports) and deleted
+    serial_log_limit: int = SERIAL_LOG_LIMIT  # bytes per file; the log keeps this file and one rotated
     accel: AccelChoice | str = AccelChoice.auto
     vsock_cid: int | None = None  # only used when the host has /dev/vhost-vsock
     hvc_console: bool = True
@@ -88,7 +97,8 @@ class VmConfig:
         return cls(kernel=paths.kernel, initramfs=paths.initramfs, **{"arch": arch, **overrides})
 
     def all_shares(self) -> tuple[VmShare, ...]:
-        root = (VmShare(ROOTFS_TAG, self.rootfs),) if self.rootfs is not None else ()
+        # The rootfs share is only ever an overlay's lower layer: read-only on the host too.
+        root = (VmShare(ROOTFS_TAG, self.rootfs, read_only=True),) if self.rootfs is not None else ()
         return root + self.shares
 
     def validate(self) -> None:
@@ -98,6 +108,8 @@ class VmConfig:
             raise InvalidConfigError(f"initramfs {self.initramfs} does not exist")
         if self.cpus < 1 or self.memory_mib < 32:
             raise InvalidConfigError("a VM needs at least 1 CPU and 32 MiB of memory")
+        if self.serial_log_limit < 1:
+            raise InvalidConfigError("serial_log_limit must be a positive number of bytes")
         tags = [s.tag for s in self.all_shares()]
         if len(set(tags)) != len(tags):
             raise InvalidConfigError(f"share tags must be unique: {', '.join(tags)}")
@@ -117,6 +129,37 @@ class BootTimes:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1bc|\r")
+
+
+class _SerialPump:
+    """Copies the guest's serial console from QEMU's socket chardev into a size-capped log."""
+
+    def __init__(self, listener: socket.socket, log: CappedLog) -> None:
+        self._listener = listener
+        self._log = log
+        self._conn: socket.socket | None = None
+        self._thread = threading.Thread(target=self._run, name="vz-serial-log", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.settimeout(QMP_CONNECT_TIMEOUT)
+            self._conn, _ = self._listener.accept()  # QEMU connects while it starts up
+            self._conn.settimeout(None)
+            while data := self._conn.recv(65536):
+                self._log.write(data)
+
+    def stop(self, qemu: subprocess.Popen[bytes]) -> None:
+        """Stop reading and close the log: once QEMU has exited, after what it wrote is read."""
+        if qemu.poll() is not None:
+            self._thread.join(timeout=2)  # EOF follows the last bytes
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        if self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._conn.shutdown(socket.SHUT_RDWR)
+        self._thread.join(timeout=5)
+        self._log.close()
 
 
 def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -188,7 +231,9 @@ class LinuxVm:
         if self.serial_log is None:
             self.serial_log = workdir / "serial.log"
         self.serial_log.parent.mkdir(parents=True, exist_ok=True)
-        self.serial_log.write_bytes(b"")  # fresh log per boot: the panic scan must not see an old one
+        # Fresh log per boot: the panic scan must not see an old one.
+        serial_log = CappedLog(self.serial_log, cfg.serial_log_limit, fresh=True)
+        self._stack.callback(serial_log.close)
 
         self.accel = resolve_accel(cfg.accel)
         if self.accel.accel is Accel.kvm and cfg.arch is not Architecture.host():
@@ -196,16 +241,11 @@ class LinuxVm:
 
         agent_path = workdir / "agent.sock"
         qmp_path = workdir / "qmp.sock"
+        serial_path = workdir / "serial.sock"
         self._agent_listener = self._listen(agent_path)
         qmp_listener = self._listen(qmp_path)
-
-        shares: list[Share] = []
-        for i, share in enumerate(cfg.all_shares()):
-            sock = workdir / f"fs{i}.sock"
-            self._stack.enter_context(virtiofsd(
-                VirtiofsdConfig(source=share.source, socket_path=sock, cache=share.cache),
-                log_path=workdir / f"virtiofsd-{i}.log"))
-            shares.append(Share(share.tag, sock))
+        serial_listener = self._listen(serial_path)
+        shares = self._start_virtiofsds(workdir)
 
         tcg_x86 = (self.accel.accel is Accel.tcg and cfg.arch is Architecture.x86_64
                    and Architecture.host() is Architecture.x86_64)
@@ -213,7 +253,7 @@ class LinuxVm:
         self.qemu = QemuVm(
             arch=cfg.arch, kernel=cfg.kernel, initramfs=cfg.initramfs, cpus=cfg.cpus,
             memory_mib=cfg.memory_mib, accel=self.accel.accel, cmdline_extra=cfg.cmdline_extra,
-            fast_cmdline=cfg.fast_cmdline, serial_log=self.serial_log, agent_socket=agent_path,
+            fast_cmdline=cfg.fast_cmdline, serial_socket=serial_path, agent_socket=agent_path,
             qmp_socket=qmp_path, network=cfg.network, shares=tuple(shares), hvc_console=cfg.hvc_console,
             vsock_cid=cfg.vsock_cid if cfg.vsock_cid is not None and vhost_vsock_available() else None,
             machine=cfg.machine, transport=cfg.transport,
@@ -223,9 +263,22 @@ class LinuxVm:
         stderr = self._stack.enter_context(open(workdir / "qemu.stderr", "wb"))  # noqa: SIM115
         self.spawned_ns = time.monotonic_ns()
         self._proc = self._stack.enter_context(spawn(argv, stderr=stderr, terminate_timeout=3.0))
+        # stop() ends QEMU before it unwinds the stack, so the pump sees EOF after the last byte.
+        self._stack.callback(_SerialPump(serial_listener, serial_log).stop, self._proc)
         self._connect_qmp(qmp_listener)
         self.vmm_ready_ns = time.monotonic_ns()
         qmp_listener.close()
+
+    def _start_virtiofsds(self, workdir: Path) -> list[Share]:
+        shares: list[Share] = []
+        for i, share in enumerate(self.config.all_shares()):
+            sock = workdir / f"fs{i}.sock"
+            self._stack.enter_context(virtiofsd(
+                VirtiofsdConfig(source=share.source.resolve(), socket_path=sock, cache=share.cache,
+                                read_only=share.read_only),
+                log_path=workdir / f"virtiofsd-{i}.log"))
+            shares.append(Share(share.tag, sock))
+        return shares
 
     def _listen(self, path: Path) -> socket.socket:
         s = self._stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC))

@@ -11,6 +11,8 @@ Facts this encodes:
 * arm64 boots ``-M virt -cpu max`` with ``Image``; devices are found through the device tree.
 * the agent channel is a virtio-serial port on a Unix socket the *host* listens on (QEMU connects).
 * virtiofs needs guest RAM in shared memory (memfd backend).
+* every path inside a ``key=value,...`` option is escaped QEMU's way (``,`` doubled, :func:`qemu_opt`):
+  a data dir, work dir or ``TMPDIR`` with a comma must not split an option.
 """
 
 from __future__ import annotations
@@ -54,6 +56,11 @@ BASE_CMDLINE: tuple[str, ...] = (
 FAST_CMDLINE: tuple[str, ...] = ("quiet",)
 
 
+def qemu_opt(value: object) -> str:
+    """``value`` as one value inside a QEMU ``key=value,...`` option: commas doubled."""
+    return str(value).replace(",", ",,")
+
+
 @dataclass(frozen=True)
 class Share:
     """A virtiofs share: ``tag`` as seen by the guest, served by virtiofsd on ``socket``."""
@@ -72,7 +79,9 @@ class QemuVm:
     accel: Accel = Accel.tcg
     cmdline_extra: tuple[str, ...] = ()
     fast_cmdline: bool = True
-    serial_log: Path | None = None
+    serial_log: Path | None = None  # QEMU writes the console to this file (unbounded)
+    # ... or to this Unix socket the host listens on (LinuxVm: the host caps the log it keeps)
+    serial_socket: Path | None = None
     # Unix socket the host listens on; QEMU connects as a client (docs/vm.md, "The VM").
     agent_socket: Path | None = None
     qmp_socket: Path | None = None
@@ -138,19 +147,22 @@ class QemuVm:
             a += ["-initrd", str(self.initramfs)]
         a += ["-append", self.kernel_cmdline()]
         # Serial console: to a log file (or nowhere). -nodefaults removed the default one.
-        if self.serial_log is not None:
-            a += ["-chardev", f"file,id=con0,path={self.serial_log}", "-serial", "chardev:con0"]
+        if self.serial_socket is not None:
+            a += ["-chardev", f"socket,id=con0,path={qemu_opt(self.serial_socket)}", "-serial", "chardev:con0"]
+        elif self.serial_log is not None:
+            a += ["-chardev", f"file,id=con0,path={qemu_opt(self.serial_log)}", "-serial", "chardev:con0"]
         else:
             a += ["-serial", "null"]
         if self.qmp_socket is not None:
-            a += ["-chardev", f"socket,id=qmp0,path={self.qmp_socket}", "-mon", "chardev=qmp0,mode=control"]
+            a += ["-chardev", f"socket,id=qmp0,path={qemu_opt(self.qmp_socket)}",
+                  "-mon", "chardev=qmp0,mode=control"]
         if self.agent_socket is not None or self.hvc_console:
             a += ["-device", f"{self.virtio.device('virtio-serial')},id=vser0"]
             if self.hvc_console:
                 # virtconsole nr 0 = /dev/hvc0; output is discarded (the serial log has the console).
                 a += ["-chardev", "null,id=hvc0", "-device", "virtconsole,chardev=hvc0,bus=vser0.0"]
             if self.agent_socket is not None:
-                a += ["-chardev", f"socket,id=agent0,path={self.agent_socket}",
+                a += ["-chardev", f"socket,id=agent0,path={qemu_opt(self.agent_socket)}",
                       "-device", f"virtserialport,chardev=agent0,name={SERIAL_PORT_NAME},bus=vser0.0"]
         if self.vsock_cid is not None:
             a += ["-device", f"{self.virtio.device('vhost-vsock')},guest-cid={self.vsock_cid}"]
@@ -160,7 +172,7 @@ class QemuVm:
         if self.shares:
             a += ["-object", f"memory-backend-memfd,id=mem,size={self.memory_mib}M,share=on"]
             for i, share in enumerate(self.shares):
-                a += ["-chardev", f"socket,id=fs{i},path={share.socket}",
+                a += ["-chardev", f"socket,id=fs{i},path={qemu_opt(share.socket)}",
                       "-device", f"{self.virtio.device('vhost-user-fs')},chardev=fs{i},tag={share.tag}"]
         a += list(self.extra_args)
         return a
