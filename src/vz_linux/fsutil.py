@@ -95,7 +95,10 @@ def _owned(parent: Path, make: Callable[[], str], directory: bool) -> tuple[Path
     """Make a temporary and lock it; if a sweeper removed it before we locked it, make another."""
     while True:
         path = Path(make())
-        fd = _open_nofollow(path, directory)
+        try:
+            fd = _open_nofollow(path, directory)
+        except FileNotFoundError:  # swept between its creation and our open: make another
+            continue
         fcntl.flock(fd, fcntl.LOCK_EX)
         if os.fstat(fd).st_nlink > 0:
             return path, fd
