@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -15,6 +16,17 @@ def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_fd(fd: int) -> str:
+    """sha256 of everything an open file holds, read with ``pread``: the descriptor's offset (which a
+    child process may share) is left alone."""
+    h = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, _CHUNK, offset):
+        h.update(chunk)
+        offset += len(chunk)
     return h.hexdigest()
 
 

@@ -19,6 +19,10 @@ MAX_PAYLOAD = 1024 * 1024
 FILE_LIMIT = 512 * 1024
 VSOCK_PORT = 7424
 SERIAL_PORT_NAME = "org.vz.agent.0"
+# RESTORED carries this many bytes of host entropy (the agent accepts ENTROPY_MIN..ENTROPY_MAX).
+ENTROPY_BYTES = 64
+ENTROPY_MIN = 16
+ENTROPY_MAX = 512
 
 
 class Msg(enum.IntEnum):
@@ -31,6 +35,7 @@ class Msg(enum.IntEnum):
     WRITE_FILE = 0x07
     PROBE = 0x08
     POWEROFF = 0x09
+    RESTORED = 0x0A
     OK = 0x80
     ERROR = 0x81
     STARTED = 0x82
