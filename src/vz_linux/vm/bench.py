@@ -315,7 +315,7 @@ def summary_json(results: Sequence[GuestResult]) -> dict[str, Any]:
             "mode": r.mode,
             "phases_s": {p: asdict(s) if (s := r.phase(p)) else None for p in (*ALL_PHASES, "kernel+init")},
             "rss_bytes": asdict(s) if (s := r.rss()) else None,
-            "template": asdict(r.template) if r.template else None,
+            "template": {**asdict(r.template), "path": str(r.template.path)} if r.template else None,
         }
     if len(results) == 2:
         a, b = results

@@ -421,6 +421,9 @@ class LinuxVm:
             with publish_dir(Path(path), replace=True) as stage:
                 save_state(self._qmp, stage / STATE, timeout)
                 return write_manifest(stage, self.qemu, qemu_version(self._qmp), hello)
+        except OSError as e:
+            raise SnapshotError(f"cannot write snapshot {path}: {e.strerror or e}",
+                                hint="save it to a writable directory") from e
         finally:
             if resume:
                 with contextlib.suppress(Exception):  # a QEMU that died here is reported by the caller's next use

@@ -50,8 +50,9 @@ class Template:
 
 @dataclass(frozen=True)
 class TemplateBuild:
-    """A template just made: how long the cold boot + save took and its size on disk."""
+    """A template just made: where, how long the cold boot + save took, and its size on disk."""
 
+    path: Path
     seconds: float
     disk_bytes: int  # allocated blocks of the template's files (the state file is sparse-free)
 
@@ -109,7 +110,7 @@ def _make(template: Template, config: VmConfig, timeout: float) -> tuple[str, Te
     with LinuxVm(replace(config, serial_log=None)) as vm:
         vm.wait_for_agent(timeout)
         manifest = vm.save(template.path, resume=False, timeout=timeout)
-    build = TemplateBuild(time.monotonic() - started,
+    build = TemplateBuild(template.path, time.monotonic() - started,
                           sum(p.stat().st_blocks * 512 for p in template.path.iterdir()))
     log.info("made template %s in %.1f s (%.0f MiB on disk)", template.key[:16], build.seconds,
              build.disk_bytes / 2**20)
