@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,31 +51,6 @@ def test_vz_linux_run_streams_and_exits_with_the_code(container_bundle: Path) ->
              "sh", "-c", "echo hello-from-guest; echo oops >&2; exit 7")
     assert p.returncode == 7, p.stderr
     assert p.stdout == "hello-from-guest\n" and "oops" in p.stderr
-
-
-@pytest.fixture
-def http_server() -> Iterator[tuple[str, bytes]]:
-    body = b"vz-linux http smoke body 7f3a\n"
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
-        # The guest reaches the host's loopback through QEMU user-net's host alias 10.0.2.2.
-        yield f"http://10.0.2.2:{srv.server_address[1]}/smoke", body
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 def test_bench_http_smoke_returns_the_body(container_bundle: Path, http_server: tuple[str, bytes],

@@ -14,12 +14,14 @@ import secrets
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.oci.conftest import make_busybox_rootfs
+from vz_linux.vm.bench import http_smoke
 from vz_linux.vm.linux_vm import VmConfig
 from vz_linux.vm.snapshot import MANIFEST, STATE
 from vz_linux.vm.template import restore_from_template, template_for, usable_id
@@ -179,6 +181,29 @@ def test_concurrent_runs_make_one_template_and_get_their_own_vms(container_bundl
     ids = {m.groups() for _, _, err in results if (m := RESTORED.search(err))}
     assert len(ids) == 1 and len(_templates(cache)) == 1
     assert processes_mentioning(str(tmp_path / "tmp")) == []
+
+
+def test_network_template_reaches_the_host(container_bundle: Path, http_server: tuple[str, bytes], tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """User-mode network survives the save: a VM restored from a --net template fetches from the host."""
+    monkeypatch.setenv("VZ_LINUX_CACHE_DIR", str(tmp_path / "cache"))
+    url, body = http_server
+    config = VmConfig.from_bundle(container_bundle, accel="tcg", network=True)
+    for _ in range(2):  # the first makes the template, the second restores a template made earlier
+        with restore_from_template(config, timeout=120) as vm:
+            assert http_smoke(vm, url, 60) == body.decode()
+    assert len(_templates(tmp_path / "cache")) == 1
+
+
+def test_arm64_guest_restores_from_its_template(container_bundle_arm64: Path, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VZ_LINUX_CACHE_DIR", str(tmp_path / "cache"))
+    config = VmConfig.from_bundle(container_bundle_arm64, accel="tcg")
+    with restore_from_template(config, timeout=120) as vm:
+        r = vm.exec_collect(["sh", "-c", "uname -m; date -u +%s"])
+        machine, guest_now = r.stdout.decode().split()
+        assert machine == "aarch64" and abs(int(guest_now) - time.time()) <= 2
+        assert vm.restore_times is not None
 
 
 def test_unwritable_template_cache_is_one_line_and_exit_84(container_bundle: Path, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ template that fails to restore (short, corrupt, or saved by another QEMU) is mad
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -106,6 +107,9 @@ def ensure_template(template: Template, config: VmConfig, *, timeout: float = 12
 
 def _make(template: Template, config: VmConfig, timeout: float) -> tuple[str, TemplateBuild]:
     started = time.monotonic()
+    # We hold the lock, so a stage left beside the template is from a maker that died mid-save.
+    for stale in template.path.parent.glob(f".{template.path.name}.stage-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     # The template's own boot keeps its console in its work dir, never in the caller's log.
     with LinuxVm(replace(config, serial_log=None)) as vm:
         vm.wait_for_agent(timeout)
