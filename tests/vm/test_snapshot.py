@@ -51,7 +51,7 @@ def saved(container_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> S
         vm.wait_for_agent(120)
         vm.agent.write_file("/tmp/marker", marker.encode())
         # Rekey the guest's RNG right before the save: the kernel then would not rekey on its own for
-        # a second of guest time, so restores without a reseed return the same bytes (seen 7 of 8).
+        # a second of guest time, so restores without a reseed mostly return the same bytes (docs/vm.md).
         vm.agent.restored()
         manifest = vm.save(path)
         # save() resumes the source VM by default: it keeps working.

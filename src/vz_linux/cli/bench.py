@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -54,6 +54,30 @@ def summary_table(results: list[GuestResult]) -> Table:
     return t
 
 
+def _check_options(rootfs_dir: Path | None, snapshot: bool, plot_file: Path | None) -> None:
+    """Refuse bad options before anything boots."""
+    if rootfs_dir is not None and not rootfs_dir.is_dir():
+        raise click.BadParameter(f"{rootfs_dir} is not a directory", param_hint="--rootfs-dir")
+    if snapshot and rootfs_dir is not None:
+        raise click.BadParameter("virtiofs (--rootfs-dir) blocks snapshots: drop --snapshot", param_hint="--rootfs-dir")
+    if plot_file is not None:
+        try:
+            check_plot_path(plot_file)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--plot") from e
+
+
+def _guests(sources: list[tuple[str, GuestSource]], modes: list[bool], common: dict[str, Any]) -> list[BenchGuest]:
+    """One guest per bundle and mode (restore or not), labelled by mode when both run."""
+    guests = []
+    for label, source in sources:
+        guest = source.resolve(**common)
+        for restore in modes:
+            name = f"{label} ({'restored' if restore else 'cold'})" if len(modes) > 1 else label
+            guests.append(BenchGuest(name, guest.config, restore=restore, group=label, sha256=guest.sha256))
+    return guests
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--bundle-dir", type=_PATH, help="Bundle to boot (default: the installed --profile bundle).")
 @click.option("--profile", type=click.Choice([p.value for p in KernelProfile]), default=None)
@@ -92,15 +116,7 @@ def bench(bundle_dir: Path | None, profile: str | None, kernel: Path | None, ini
           memory_mib: int, verbose: bool) -> int:
     """Boot a bundle repeatedly and report boot -> agent-ready latency, split into phases."""
     setup_logging(verbose)
-    if rootfs_dir is not None and not rootfs_dir.is_dir():
-        raise click.BadParameter(f"{rootfs_dir} is not a directory", param_hint="--rootfs-dir")
-    if snapshot and rootfs_dir is not None:
-        raise click.BadParameter("virtiofs (--rootfs-dir) blocks snapshots: drop --snapshot", param_hint="--rootfs-dir")
-    if plot_file is not None:
-        try:
-            check_plot_path(plot_file)
-        except ValueError as e:
-            raise click.BadParameter(str(e), param_hint="--plot") from e
+    _check_options(rootfs_dir, snapshot, plot_file)
     verdict = resolve_accel(AccelChoice.parse(accel))
     err_console.print(f"accelerator: {verdict.reason}", markup=False)
     common = {"cpus": cpus, "memory_mib": memory_mib, "accel": AccelChoice(verdict.accel.value)}
@@ -112,13 +128,7 @@ def bench(bundle_dir: Path | None, profile: str | None, kernel: Path | None, ini
     sources = [(label_a, src)]
     if compare_dir is not None:
         sources.append((str(compare_dir), GuestSource(bundle_dir=compare_dir, arch=a, version_check=not no_version_check)))
-    modes = [False, True] if snapshot and cold else [snapshot]
-    guests = []
-    for label, source in sources:
-        guest = source.resolve(**common)
-        for restore in modes:
-            name = f"{label} ({'restored' if restore else 'cold'})" if len(modes) > 1 else label
-            guests.append(BenchGuest(name, guest.config, restore=restore, group=label, sha256=guest.sha256))
+    guests = _guests(sources, [False, True] if snapshot and cold else [snapshot], common)
     if serial_logs and serial_log_dir is None:
         serial_log_dir = cache_root() / "bench-serial" / time.strftime("%Y%m%dT%H%M%S")
     opts = BenchOptions(

@@ -86,7 +86,7 @@ def _distribution(ax: Any, series: Sequence[GuestResult]) -> None:
 def plot_results(results: Sequence[GuestResult], path: Path, *, title: str = "") -> None:
     """Draw ``results`` into ``path`` (PNG or SVG), written atomically."""
     check_plot_path(path)
-    # Deferred: matplotlib takes a third of a second to import, paid only when a plot is asked for.
+    # Deferred: matplotlib is slow to import; only a run that asks for a plot pays for it.
     import matplotlib
 
     matplotlib.use("Agg")

@@ -440,8 +440,8 @@ class LinuxVm:
         to the host's and reseeds its RNG. Stop the VM (or use it as a context manager) when done.
         """
         refuse_shares([s.tag for s in config.all_shares()], "restore")
-        snap = open_snapshot(Path(path))
         vm = cls(config, workdir_parent=workdir_parent)
+        snap = open_snapshot(Path(path))
         try:
             check_file_sizes(snap, config.kernel, config.initramfs)
             vm._start(incoming_fd=snap.state_fd)
