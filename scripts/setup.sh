@@ -24,6 +24,13 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-system-arm qemu-utils
   # OCI image layouts for tests/benchmarks
   umoci
+  # a throw-away TLS certificate for the download tests' HTTPS server on 127.0.0.1
+  openssl
+  # another wall clock for the reproducible-initramfs test (tests/guest/test_initramfs.py)
+  faketime
+  # distribution: release signatures (ssh-keygen -Y), the registry client; tests: a local
+  # distribution registry with htpasswd (bcrypt) basic auth
+  openssh-client skopeo docker-registry apache2-utils
   python3-venv
 )
 

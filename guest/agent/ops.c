@@ -337,6 +337,11 @@ void handle_frame(struct conn *c, const struct vz_frame *f)
 {
     struct vz_arena a = {g_arena_mem, sizeof g_arena_mem, 0};
     const char *why = "malformed payload";
+    if (f->id == 0) {
+        /* Id 0 is what framing errors carry: a request under it could not be told apart from one. */
+        send_error(c, 0, VZ_E_BAD_PAYLOAD, "request id 0 is reserved");
+        return;
+    }
     if (!vz_known_request(f->type)) {
         char msg[64];
         snprintf(msg, sizeof msg, "unknown message type 0x%02x", f->type);

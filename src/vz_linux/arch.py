@@ -40,6 +40,16 @@ class Architecture(enum.StrEnum):
     def debian_arch(self) -> str:
         return {Architecture.x86_64: "amd64", Architecture.arm64: "arm64"}[self]
 
+    @property
+    def oci_architecture(self) -> str:
+        """The OCI image index's ``platform.architecture`` (Go's GOARCH)."""
+        return {Architecture.x86_64: "amd64", Architecture.arm64: "arm64"}[self]
+
+    @classmethod
+    def from_oci(cls, name: str) -> Architecture | None:
+        """The architecture an OCI ``platform.architecture`` names, or None for one we do not build."""
+        return next((a for a in cls if a.oci_architecture == name), None)
+
     def cross_compile_prefix(self) -> str:
         """CROSS_COMPILE= for building on this host ("" when native)."""
         return "" if self is Architecture.host() else f"{self.gnu_triplet}-"

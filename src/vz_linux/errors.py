@@ -115,6 +115,24 @@ class CommandFailedError(VzLinuxError):
     exit_code = 35
 
 
+class InsecureDownloadError(KernelSourceError):
+    """A source URL or a redirect was refused: plain http, an https→http downgrade, another scheme."""
+
+    exit_code = 36
+
+
+class DownloadTooLargeError(KernelSourceError):
+    """A download announced or sent more than its size cap."""
+
+    exit_code = 37
+
+
+class DownloadTimeoutError(KernelSourceError):
+    """A download did not finish within its total-time cap."""
+
+    exit_code = 38
+
+
 # --- guest / VM (docs/agent.md, docs/vm.md) --------------------------------------------------
 class AgentError(VzLinuxError):
     """The guest agent replied with an error, or the channel broke."""
@@ -198,10 +216,77 @@ class DiskImageError(OciError):
     exit_code = 54
 
 
+class ImageDigestError(ImageError):
+    """An OCI image blob's content does not match the digest it is named by."""
+
+    exit_code = 55
+
+
 class CommandNotFoundError(OciError):
     """The container's command is not in the image: the shell's (and OCI runtimes') 127."""
 
     exit_code = 127
+
+
+# --- distribution: releases, the installer, registries (docs/distribution.md) ----------------
+class ReleaseError(VzLinuxError):
+    """A release (or a signing key) cannot be made: duplicate bundles, a used output dir, a bad key."""
+
+    exit_code = 60
+
+
+class SignatureError(VzLinuxError):
+    """A release's signature is missing or does not verify over the file it signs."""
+
+    exit_code = 61
+
+
+class UntrustedKeyError(SignatureError):
+    """A valid signature, but by a key that is not trusted (or no key is trusted at all)."""
+
+    exit_code = 62
+
+
+class ReleaseAssetMissingError(VzLinuxError):
+    """The release has no such version, asset or file."""
+
+    exit_code = 63
+
+
+class DownloadError(VzLinuxError):
+    """A download failed: unreachable, an HTTP error, truncated, or larger than the size cap."""
+
+    exit_code = 64
+
+
+class AssetChecksumError(ChecksumMismatchError):
+    """A downloaded release asset's sha256 differs from the signed ``SHA256SUMS``."""
+
+    exit_code = 65
+
+
+class RegistryError(VzLinuxError):
+    """An OCI registry could not be used: unreachable, TLS, not a vz-linux bundle, other failures."""
+
+    exit_code = 66
+
+
+class RegistryAuthError(RegistryError):
+    """The registry refused the credentials (or wants some and none are configured)."""
+
+    exit_code = 67
+
+
+class ReferenceNotFoundError(RegistryError):
+    """No such repository, tag or digest in the registry, or no bundle for the wanted platform."""
+
+    exit_code = 68
+
+
+class BlobDigestError(RegistryError):
+    """Content from the registry does not match its digest (a corrupted or tampered blob)."""
+
+    exit_code = 69
 
 
 def all_error_classes() -> list[type[VzLinuxError]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,17 +46,31 @@ class BundlePaths:
 
 
 def source_checkout() -> Path | None:
-    """The source checkout this package runs from, if any (has linux/ next to src/)."""
+    """The vz-linux source checkout this package is imported from, if any: this file is
+    ``<top>/src/vz_linux/layout.py`` and ``<top>/pyproject.toml`` names the project ``vz-linux``,
+    with ``<top>/linux/`` beside it. A wheel-installed package (site-packages/vz_linux/) has none,
+    wherever it sits and whatever the current directory holds (docs/security.md)."""
     here = Path(__file__).resolve()
-    for parent in here.parents:
-        if (parent / "linux").is_dir() and (parent / "pyproject.toml").is_file():
-            return parent
-    return None
+    top = here.parents[2]
+    if here.parent.name != "vz_linux" or here.parents[1].name != "src" or not (top / "linux").is_dir():
+        return None
+    try:
+        project = tomllib.loads((top / "pyproject.toml").read_text()).get("project", {})
+    except (OSError, ValueError):
+        return None
+    return top if isinstance(project, dict) and project.get("name") == "vz-linux" else None
 
 
 def default_out_root() -> Path:
+    """Where builds write by default: the checkout's linux/out (./linux/out outside a checkout)."""
     top = source_checkout()
     return (top if top is not None else Path.cwd()) / "linux" / "out"
+
+
+def trusted_out_root() -> Path | None:
+    """Build output that may be used without being named: a real source checkout's linux/out only,
+    never the current directory's (the selection API's step 4, docs/selection.md)."""
+    return default_out_root() if source_checkout() is not None else None
 
 
 def default_bundle_dir(profile: KernelProfile, arch: Architecture | None = None,
@@ -86,6 +101,17 @@ def default_install_dir(profile: KernelProfile) -> Path:
     return default_install_root() / profile.value
 
 
+def trusted_keys_dir() -> Path:
+    """~/.vz/linux/trusted-keys/: the public keys ``vz-linux install --from`` trusts by default."""
+    return default_install_root() / "trusted-keys"
+
+
+def pulled_root(install_dir: Path | None = None) -> Path:
+    """Where pulled bundles are kept by digest: ``pulled/`` beside the install dirs
+    (``~/.vz/linux/pulled/`` by default), so a pinned version switches without the network."""
+    return install_dir.parent / "pulled" if install_dir is not None else default_install_root() / "pulled"
+
+
 def cache_root() -> Path:
     """Build cache outside the checkout: $VZ_LINUX_CACHE_DIR, else $XDG_CACHE_HOME/vz-linux."""
     env = os.environ.get("VZ_LINUX_CACHE_DIR")
@@ -94,3 +120,8 @@ def cache_root() -> Path:
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg) if xdg else home_dir() / ".cache"
     return base / "vz-linux"
+
+
+def downloads_dir() -> Path:
+    """Partial release downloads, kept for resuming (named by the sha256 they must end up with)."""
+    return cache_root() / "downloads"

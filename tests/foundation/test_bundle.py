@@ -176,3 +176,32 @@ def test_extra_files_listed_in_metadata_are_checked(tmp_path: Path) -> None:
     (root / "vz-agent.debug").write_bytes(b"Symbols")
     with pytest.raises(ChecksumMismatchError, match=r"vz-agent\.debug"):
         validate_bundle(root)
+
+
+# docs/selection.md, "Validation": one error for the *first* failing step, in this order:
+# artifacts present (10) -> profile (16) -> agent version (11) -> protocol revision (12, 13)
+# -> capabilities (15) -> checksums (14). Each case breaks two steps; the earlier one must win.
+@pytest.mark.parametrize(
+    ("broken", "expected"),
+    [
+        ({"missing": "crun", "agent": "9.9.9"}, MissingArtifactsError),
+        ({"profile": KernelProfile.container, "agent": "9.9.9"}, ProfileMismatchError),
+        ({"agent": "9.9.9", "capabilities": []}, AgentVersionMismatchError),
+        ({"protocol": None, "capabilities": []}, ProtocolRevisionMissingError),
+        ({"protocol": 7, "capabilities": []}, ProtocolRevisionMismatchError),
+        ({"capabilities": [], "corrupt": "vmlinux"}, MissingCapabilitiesError),
+    ],
+    ids=["artifacts>agent", "profile>agent", "agent>capabilities", "protocol-missing>capabilities",
+         "protocol>capabilities", "capabilities>checksums"],
+)
+def test_validation_order(tmp_path: Path, broken: dict[str, object], expected: type[Exception]) -> None:
+    kw = {k: v for k, v in broken.items() if k in ("agent", "protocol", "capabilities")}
+    make_bundle(tmp_path / "b", **kw)  # type: ignore[arg-type]
+    if "missing" in broken:
+        (tmp_path / "b" / str(broken["missing"])).unlink()
+    if "corrupt" in broken:
+        flip_byte(tmp_path / "b" / str(broken["corrupt"]))
+    profile = broken.get("profile", KernelProfile.developer)
+    with pytest.raises(expected) as info:
+        validate_bundle(tmp_path / "b", profile=profile)  # type: ignore[arg-type]
+    assert type(info.value) is expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from vz_linux.errors import all_error_classes
 from vz_linux.hashing import sha256_file
 
 from .bundles import flip_byte, make_bundle
-from .conftest import VZ_LINUX, clean_env
+from .conftest import REPO, VZ_LINUX, clean_env
 
 
 def vz(home: Path, *args: str, env_home: bool = True, **extra: str) -> subprocess.CompletedProcess[str]:
@@ -39,6 +40,20 @@ def test_error_classes_have_distinct_exit_codes() -> None:
     assert len(classes) > 20
     assert len(set(codes)) == len(codes), sorted(codes)
     assert all(c not in (0, 2, 130) for c in codes if c != 1)  # 2 = usage, 130 = interrupted
+
+
+DOC_TABLES = ("selection.md", "profiles.md", "vm.md", "oci.md")
+_ROW = re.compile(r"^\|\s*(\d+)\s*\|\s*`(\w+Error)`\s*\|", re.MULTILINE)
+
+
+def test_every_exit_code_is_the_one_its_docs_table_states() -> None:
+    documented: dict[str, int] = {}
+    for name in DOC_TABLES:
+        for code, cls in _ROW.findall((REPO / "docs" / name).read_text()):
+            assert cls not in documented, f"{cls} is in two exit-code tables"
+            documented[cls] = int(code)
+    actual = {c.__name__: c.exit_code for c in all_error_classes() if c.__name__ != "VzLinuxError"}
+    assert documented == actual
 
 
 def test_verify_good_and_json(tmp_path: Path) -> None:

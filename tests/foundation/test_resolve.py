@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -17,7 +18,7 @@ from vz_linux import (
     ensure_kernel_profile,
     layout,
 )
-from vz_linux.bundle.install import read_install_record
+from vz_linux.bundle.install import load_installed, read_install_record
 from vz_linux.bundle.model import validate_bundle
 from vz_linux.bundle.resolve import resolve
 from vz_linux.errors import (
@@ -32,7 +33,7 @@ from vz_linux.errors import (
 )
 
 from .bundles import flip_byte, make_bundle
-from .conftest import PYTHON, clean_env
+from .conftest import PYTHON, VZ_LINUX, clean_env
 
 
 def test_installs_into_profile_dir_then_fast_path(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -230,3 +231,24 @@ def test_unsafe_source_installs_nothing(home: Path, tmp_path: Path, name: str, k
     with pytest.raises(UnsafeBundleError, match="symlink" if kind == "symlink" else "FIFO"):
         ensure_kernel_bundle(KernelBundleOptions(bundle_dir=tmp_path / "b"))
     assert not (home / ".vz" / "linux" / "developer").exists()
+
+
+def test_verify_rehashes_even_with_a_forged_install_record(home: Path, tmp_path: Path) -> None:
+    """`vz-linux verify` never trusts `.vz-install.json` (docs/selection.md): corrupt an installed file,
+    then forge the record so the fast path believes it, and verify must still re-hash and fail."""
+    make_bundle(tmp_path / "b")
+    installed = ensure_kernel_bundle(KernelBundleOptions(bundle_dir=tmp_path / "b")).root
+    record_path = installed / layout.INSTALL_RECORD
+    assert record_path.is_file()
+    flip_byte(installed / "vmlinux")
+    record = json.loads(record_path.read_text())
+    st = (installed / "vmlinux").lstat()
+    record["files"]["vmlinux"].update(ino=st.st_ino, dev=st.st_dev, size=st.st_size, mtime_ns=st.st_mtime_ns,
+                                      ctime_ns=st.st_ctime_ns)
+    record_path.write_text(json.dumps(record))
+    load_installed(installed)  # the forged record fools the fast path: the test really bypasses it ...
+    r = subprocess.run([str(VZ_LINUX), "verify", str(installed)], env=clean_env(home), capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 14, r.stdout + r.stderr  # ... and verify re-hashes anyway
+    [line] = r.stderr.strip().splitlines()
+    assert "vmlinux: expected sha256" in line

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(120)
 def _dead(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or exiting while we read (ESRCH)
         return True
     return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
@@ -254,15 +254,19 @@ def _children(pid: int) -> list[tuple[int, str]]:
     return out
 
 
-def test_children_and_orphans_are_reaped(client: AgentClient, agent_server: AgentServer) -> None:
+def test_children_and_orphans_are_reaped(client: AgentClient, agent_server: AgentServer, tmp_path: Path) -> None:
     for _ in range(30):
         assert client.exec_collect(["true"]).exit_code == 0
     # A background grandchild outlives its shell, is re-parented to the agent (child subreaper)
-    # and must be reaped by it when it exits, not left as a zombie.
-    r = client.exec_collect(["sh", "-c", "sleep 1 </dev/null >/dev/null 2>&1 & echo $!"])
+    # and must be reaped by it when it exits, not left as a zombie. It runs until the test opens
+    # the gate, so "still running when adopted" never depends on timing.
+    gate = tmp_path / "gate"
+    waiter = f"while [ ! -e {gate} ]; do sleep 0.05; done"
+    r = client.exec_collect(["sh", "-c", f"sh -c '{waiter}' </dev/null >/dev/null 2>&1 & echo $!"])
     orphan = int(r.stdout)
     adopted = dict(_children(agent_server.proc.pid))
     assert orphan in adopted and adopted[orphan] != "Z"  # adopted by the agent, still running
+    gate.write_text("")
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline and (_children(agent_server.proc.pid) or not _dead(orphan)):
         time.sleep(0.05)

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from vz_linux.vm.agent_protocol import MAX_PAYLOAD, ErrorCode, Msg, Tag, encode_field, encode_frame
+from vz_linux.vm.agent_protocol import (
+    MAX_PAYLOAD,
+    ErrorCode,
+    FrameReader,
+    Msg,
+    Tag,
+    encode_field,
+    encode_frame,
+)
 
 from .agent_harness import AgentServer, expect_closed, read_frames
 
@@ -119,12 +127,27 @@ def test_payload_at_the_limit_is_accepted(agent_server: AgentServer) -> None:
         assert frames[0].msg == Msg.OK and frames[0].raw(Tag.DATA) == data
 
 
-def test_half_close_still_delivers_results(agent_server: AgentServer) -> None:
+def test_half_close_still_delivers_results(agent_server: AgentServer, tmp_path: Path) -> None:
+    # The exec waits for a gate the test opens only after the half-close: it is surely still running
+    # when the host stops writing, and its output and EXIT must still arrive.
+    gate = tmp_path / "gate"
     with agent_server.raw() as s:
-        s.sendall(encode_frame(Msg.EXEC, 5, [(Tag.ARGV, "sh"), (Tag.ARGV, "-c"), (Tag.ARGV, "sleep 0.3; echo late"),
+        s.sendall(encode_frame(Msg.EXEC, 5, [(Tag.ARGV, "sh"), (Tag.ARGV, "-c"),
+                                             (Tag.ARGV, f"while [ ! -e {gate} ]; do sleep 0.05; done; echo late"),
                                              (Tag.EOF, True)]))
         s.shutdown(socket.SHUT_WR)
-        frames, _closed = read_frames(s, 3)
+        reader = FrameReader()
+        frames = []
+        while not frames:
+            data = s.recv(65536)
+            assert data, "the agent closed a half-closed stream with an exec running"
+            frames.extend(reader.feed(data))
+        assert frames[0].msg == Msg.STARTED
+        gate.write_text("")
+        while len(frames) < 3:
+            data = s.recv(65536)
+            assert data, f"closed before the exec's result: {frames}"
+            frames.extend(reader.feed(data))
         assert [f.msg for f in frames] == [Msg.STARTED, Msg.OUTPUT, Msg.EXIT]
         assert frames[1].raw(Tag.DATA) == b"late\n"
         assert expect_closed(s)

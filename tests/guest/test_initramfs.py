@@ -6,6 +6,7 @@ import gzip
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,18 +23,59 @@ from .userland_fixtures import ARCHES, cpio_listing, extract
 MAX_COMPRESSED = 1_500_000
 
 
+BUILD = (
+    "import sys; from pathlib import Path\n"
+    "from vz_linux.build.initramfs import InitramfsInputs, write_initramfs\n"
+    "busybox, agent, src, out = map(Path, sys.argv[1:5])\n"
+    "write_initramfs(InitramfsInputs(busybox=busybox, agent=agent, source_dir=src), out)\n"
+)
+
+
+def _build_elsewhere(inputs: InitramfsInputs, out: Path, *, clock: str, tz: str, umask: int) -> bytes:
+    """Build in a fresh process with its own wall clock (faketime), time zone and umask."""
+    env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"} | {"TZ": tz}
+    subprocess.run(["faketime", clock, sys.executable, "-c", BUILD, str(inputs.busybox), str(inputs.agent),
+                    str(inputs.source_dir), str(out)], env=env, check=True, timeout=120,
+                   preexec_fn=lambda: os.umask(umask))
+    return out.read_bytes()
+
+
+def newc_members(image: bytes) -> list[tuple[str, int, int, int]]:
+    """(name, mtime, uid, gid) of every member of a gzip newc archive, parsed from its headers."""
+    raw = gzip.decompress(image)
+    out, pos = [], 0
+    while True:
+        assert raw[pos:pos + 6] == b"070701", f"no newc header at {pos}"
+        fields = [int(raw[pos + 6 + 8 * i: pos + 14 + 8 * i], 16) for i in range(13)]
+        size, namesize = fields[6], fields[11]
+        name = raw[pos + 110: pos + 110 + namesize - 1].decode()
+        if name == "TRAILER!!!":
+            return out
+        out.append((name, fields[5], fields[2], fields[3]))
+        pos += 110 + namesize
+        pos += -pos % 4
+        pos += size + (-size % 4)
+
+
 def test_two_builds_are_byte_identical(host_inputs: InitramfsInputs, tmp_path: Path) -> None:
-    # Second build from copies in another place, with other mtimes: only content may matter.
+    # Second build from copies in another place, with other mtimes, in another process with another
+    # wall clock, time zone and umask: only content may matter.
     copies = tmp_path / "copies"
     shutil.copytree(host_inputs.source_dir, copies / "src")
     shutil.copyfile(host_inputs.busybox, copies / "busybox")
     shutil.copyfile(host_inputs.agent, copies / "agent")
     os.utime(copies / "busybox", (1, 1))
     other = InitramfsInputs(busybox=copies / "busybox", agent=copies / "agent", source_dir=copies / "src")
-    a = write_initramfs(host_inputs, tmp_path / "a.img").read_bytes()
-    b = write_initramfs(other, tmp_path / "b.img").read_bytes()
+    a = _build_elsewhere(host_inputs, tmp_path / "a.img", clock="2031-05-06 07:08:09", tz="Asia/Kolkata",
+                         umask=0o077)
+    b = _build_elsewhere(other, tmp_path / "b.img", clock="2019-02-03 04:05:06", tz="America/Los_Angeles",
+                         umask=0o022)
     assert a == b
     assert a[:2] == b"\x1f\x8b" and a[4:8] == b"\0\0\0\0"  # gzip, header mtime 0
+    # Every member carries the pinned epoch and root ownership, whatever the clock said.
+    members = newc_members(a)
+    assert len(members) > 100
+    assert {(mtime, uid, gid) for _, mtime, uid, gid in members} == {(DEFAULT_EPOCH, 0, 0)}
 
 
 def test_changed_input_changes_bytes(host_inputs: InitramfsInputs, tmp_path: Path) -> None:

@@ -137,11 +137,15 @@ def test_init_mounts_and_starts_agent_as_child(init_ns: tuple[subprocess.Popen[b
 def test_init_reaps_orphans(init_ns: tuple[subprocess.Popen[bytes], int, Path]) -> None:
     _proc, init_pid, tree = init_ns
     wait_for(lambda: bool(agent_children(init_pid, tree)), "the agent to start")
-    subprocess.run(["nsenter", "-t", str(init_pid), "-p", "-m", "-r", "-w", "--",
-                    "/bin/sh", "-c", "/bin/sleep 0.3 & /bin/sleep 0.3 & exit 0"], check=True, timeout=60)
+    # Two orphans that run until the test opens the gate (in init's /tmp), so they are surely alive
+    # when we look for them under init, whatever the load.
+    wait_loop = "while [ ! -e /tmp/gate ]; do /bin/sleep 0.05; done"
+    subprocess.run(["nsenter", "-t", str(init_pid), "-p", "-m", "-r", "-w", "--", "/bin/sh", "-c",
+                    f"/bin/sh -c '{wait_loop}' & /bin/sh -c '{wait_loop}' & exit 0"], check=True, timeout=60)
     agents = set(agent_children(init_pid, tree))
     orphans = [c for c in children(init_pid) if c not in agents]
-    assert orphans, "the sleeps should have been reparented to init"
+    assert len(orphans) == 2, "both waiters should have been reparented to init"
+    Path(f"/proc/{init_pid}/root/tmp/gate").write_text("")
     wait_for(lambda: not any(Path(f"/proc/{p}").exists() for p in orphans), "init to reap the orphans")
 
 

@@ -143,7 +143,7 @@ def test_cli_wrong_sha256_is_one_line_with_its_exit_code(server: tuple[str, Path
         capture_output=True, text=True, timeout=120,
         env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "VZ_LINUX_CACHE_DIR": str(env_cache)},
     )
-    assert proc.returncode == KernelSourceError.exit_code
+    assert proc.returncode == 30  # KernelSourceError (errors.py)
     assert "Traceback" not in proc.stderr
     [line] = proc.stderr.strip().splitlines()
     assert f"sha256 mismatch for {base}/linux.tar.gz: expected {'f' * 64}, got {sha}" in line

@@ -66,10 +66,22 @@ def test_wrong_disk_size_is_refused_unless_forced(tmp_path: Path) -> None:
     before = desc.read_bytes()
     with pytest.raises(DiskImageError, match="not 2147483648"):
         init_vm(_explicit(bundle, tmp_path / "vms", disk_size_gb=2))
-    assert desc.read_bytes() == before and (tmp_path / "vms" / "dev1.img").stat().st_size == GIB
+    disk = tmp_path / "vms" / "dev1.img"
+    assert desc.read_bytes() == before and disk.stat().st_size == GIB
+    # What the guest wrote, at the start and in the last block, survives growing with --force.
+    head, tail = os.urandom(4096), os.urandom(4096)
+    with open(disk, "r+b") as f:
+        f.write(head)
+        f.seek(GIB - len(tail))
+        f.write(tail)
     res = init_vm(_explicit(bundle, tmp_path / "vms", disk_size_gb=2, force=True))
     assert res.status is InitStatus.updated
-    assert (tmp_path / "vms" / "dev1.img").stat().st_size == 2 * GIB
+    assert disk.stat().st_size == 2 * GIB
+    with open(disk, "rb") as f:
+        assert f.read(4096) == head
+        f.seek(GIB - len(tail))
+        assert f.read(len(tail)) == tail
+        assert f.read(1 << 20) == bytes(1 << 20)  # the new space reads as zeros
     assert json.loads(desc.read_text())["disk"]["size_bytes"] == 2 * GIB
 
 
@@ -121,8 +133,9 @@ def test_uninstalled_profile_says_how_to_install(home: Path, capsys: pytest.Capt
         init_vm(InitRequest(name="c1", profile=KernelProfile.container))
     with pytest.raises(SystemExit) as e:
         vz_main(["vm", "linux", "init", "--name", "c1", "--kernel-profile", "container"])
-    assert e.value.code == MissingArtifactsError.exit_code
+    assert e.value.code == 10  # docs/oci.md: missing/uninstalled profile
     err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
     assert "container kernel profile is not installed" in err
     assert "vz-linux build --profile container && vz-linux install" in err
     assert "Traceback" not in err
@@ -135,7 +148,7 @@ def test_cli_create_rerun_mismatch_force(tmp_path: Path, capsys: pytest.CaptureF
             "--kernel", str(bundle / "vmlinux"), "--initramfs", str(bundle / "initramfs.img"),
             "--version-json", str(bundle / "version.json")]
     for extra, code, word in ((["--disk-size-gb", "1"], 0, "created"), ([], 0, "compatible"),
-                              (["--disk-size-gb", "3"], DiskImageError.exit_code, "error"),
+                              (["--disk-size-gb", "3"], 54, "error"),  # docs/oci.md: disk image 54
                               (["--disk-size-gb", "3", "--force"], 0, "updated")):
         with pytest.raises(SystemExit) as e:
             vz_main(args + extra)

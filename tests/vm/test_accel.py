@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -21,14 +22,21 @@ def test_explicit_choices() -> None:
 
 def test_auto_probes_and_caches_per_host_boot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VZ_LINUX_CACHE_DIR", str(tmp_path))
-    first = resolve_accel(AccelChoice.auto)
-    assert first.reason and "cached" not in first.reason
     cache = tmp_path / "accel-verdict.json"
-    assert cache.is_file()
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    # A verdict left by another boot of this host is not this boot's: it must be probed again.
+    cache.write_text(json.dumps({"boot_id": "another-boot", "accel": "kvm", "reason": "planted, stale"}))
+    first = resolve_accel(AccelChoice.auto)
+    assert first.reason and "cached" not in first.reason and "planted" not in first.reason
+    assert json.loads(cache.read_text())["boot_id"] == boot_id  # the fresh verdict replaced it
     second = resolve_accel(AccelChoice.auto)
     assert second.accel is first.accel and "cached" in second.reason
     if not KVM_DEVICE.exists():
         assert first.accel is Accel.tcg
+    # This boot's verdict is trusted as it stands, without a probe (whatever it says).
+    cache.write_text(json.dumps({"boot_id": boot_id, "accel": "kvm", "reason": "planted for this boot"}))
+    third = resolve_accel(AccelChoice.auto)
+    assert third.accel is Accel.kvm and third.reason.startswith("planted for this boot")
 
 
 @pytest.mark.skipif(not KVM_DEVICE.exists(), reason="the probe guest needs /dev/kvm")

@@ -15,7 +15,7 @@ import pytest
 from vz_linux.errors import GuestBootError
 from vz_linux.vm.linux_vm import LinuxVm, VmConfig
 
-from .procs import alive
+from .procs import alive, cmdline
 
 pytestmark = [pytest.mark.vm, pytest.mark.kernel]
 TOP = Path(__file__).resolve().parents[2]
@@ -77,7 +77,43 @@ def test_exception_and_timeout_leave_nothing(hang_guest, mode: str) -> None:
 def test_hang_before_agent_is_reported_within_timeout(hang_guest) -> None:
     kernel, initramfs, _ = hang_guest
     with LinuxVm(VmConfig(kernel=kernel, initramfs=initramfs, accel="tcg")) as vm:
+        t0 = time.monotonic()
         with pytest.raises(GuestBootError, match="did not answer within 8s"):
             vm.wait_for_agent(8)
+        elapsed = time.monotonic() - t0
         pid = vm.pid
+    # It waited the whole timeout (the guest runs, it just never answers) and no hang beyond it.
+    assert 8 <= elapsed < 8 + 30, elapsed
     assert pid is not None and not alive(pid)
+
+
+def _qemu_children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and "qemu-system" in (cmdline(int(stat.parent.name)) or ""):
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_sigterm_to_the_cli_leaves_no_qemu(container_bundle: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "from vz_linux.cli.main import main; main()", "run",
+                             "--bundle-dir", str(container_bundle), "--accel", "tcg", "--",
+                             "sh", "-c", "echo in-guest; exec sleep 100000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "in-guest\n"
+        [qemu] = _qemu_children(proc.pid)
+        os.kill(proc.pid, signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # SIGTERM unwinds like Ctrl-C (cli/common.py): exit 130, one line, QEMU stopped by the CLI itself.
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["vz-linux: interrupted"]
+    assert _gone(qemu, within=5), f"QEMU {qemu} outlived the CLI"

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from ..arch import Architecture
 from ..bundle.metadata import BundleMetadata, FileInfo, OciRuntimeInfo
 from ..clock import utc_timestamp
 from ..errors import BuildError
-from ..fsutil import fsync_dir, swap_in
+from ..fsutil import fsync_dir, owned_tempdir, swap_in
 from ..profiles import KernelProfile
 from ..version import AGENT_PROTOCOL_REVISION, AGENT_VERSION, METADATA_SCHEMA_VERSION
 from .agent import build_agent
@@ -60,49 +59,53 @@ def assemble_bundle(
     """Build the userland for ``arch`` and write the complete bundle to ``out_dir`` atomically."""
     if not kernel_image.is_file():
         raise BuildError(f"kernel image {kernel_image} does not exist")
-    busybox = get_busybox(arch)
-    crun = ensure_crun(arch)
-    agent = build_agent(arch)  # cached by its inputs
-
     out_dir = Path(os.path.abspath(out_dir))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # The ".install-" name lets install's crash recovery treat a leftover like its own.
-    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.install-", dir=out_dir.parent))
-    try:
-        write_initramfs(InitramfsInputs.default(busybox=busybox.path, agent=agent), stage / layout.INITRAMFS)
-        _copy(kernel_image, stage / layout.KERNEL, 0o644)
-        _copy(crun.path, stage / layout.OCI_RUNTIME, 0o755)
-        files = {name: FileInfo.of(stage / name) for name in layout.ARTIFACTS}
-        metadata = BundleMetadata(
-            schema_version=METADATA_SCHEMA_VERSION,
-            kernel=kernel.version,
-            kernel_release=kernel.release,
-            profile=profile,
-            security_profile=profile.security_profile,
-            arch=arch,
-            busybox=busybox.version,
-            agent=AGENT_VERSION,
-            agent_protocol_revision=AGENT_PROTOCOL_REVISION,
-            built=build_time(),
-            sha256_vmlinux=files[layout.KERNEL].sha256,
-            sha256_initramfs=files[layout.INITRAMFS].sha256,
-            oci_runtime=OciRuntimeInfo(name=crun.name, version=crun.version,
-                                       sha256=files[layout.OCI_RUNTIME].sha256),
-            capabilities=sorted(c.value for c in kernel.capabilities),
-            files=files,
-            kernel_config_sha256=kernel.config_sha256,
-            kernel_cache_key=kernel.cache_key,
-            kernel_source=kernel.source,
-            toolchain=kernel.toolchain,
-        )
-        metadata.write(stage / layout.METADATA)
+    # Owned (fsutil.owned_tempdir): the stage of an assembly that was SIGKILLed is removed by the
+    # next one. The ".install-" name lets install's crash recovery treat a leftover like its own.
+    with owned_tempdir(out_dir.parent, f".{out_dir.name}.install-") as stage:
+        metadata = _stage_bundle(stage, profile=profile, arch=arch, kernel_image=kernel_image, kernel=kernel)
         fsync_dir(stage)
         os.chmod(stage, 0o755)
         swap_in(stage, out_dir)  # afterwards `stage` holds the previous bundle, if there was one
         _carry_over_nested_bundles(stage, out_dir)
         fsync_dir(out_dir.parent)
-    finally:
-        _remove_stage(stage)
+        _keep_unmoved(stage)
+    return metadata
+
+
+def _stage_bundle(stage: Path, *, profile: KernelProfile, arch: Architecture, kernel_image: Path,
+                  kernel: KernelInfo) -> BundleMetadata:
+    """Write every bundle file and ``version.json`` into ``stage``."""
+    busybox = get_busybox(arch)
+    crun = ensure_crun(arch)
+    agent = build_agent(arch)  # cached by its inputs
+    write_initramfs(InitramfsInputs.default(busybox=busybox.path, agent=agent), stage / layout.INITRAMFS)
+    _copy(kernel_image, stage / layout.KERNEL, 0o644)
+    _copy(crun.path, stage / layout.OCI_RUNTIME, 0o755)
+    files = {name: FileInfo.of(stage / name) for name in layout.ARTIFACTS}
+    metadata = BundleMetadata(
+        schema_version=METADATA_SCHEMA_VERSION,
+        kernel=kernel.version,
+        kernel_release=kernel.release,
+        profile=profile,
+        security_profile=profile.security_profile,
+        arch=arch,
+        busybox=busybox.version,
+        agent=AGENT_VERSION,
+        agent_protocol_revision=AGENT_PROTOCOL_REVISION,
+        built=build_time(),
+        sha256_vmlinux=files[layout.KERNEL].sha256,
+        sha256_initramfs=files[layout.INITRAMFS].sha256,
+        oci_runtime=OciRuntimeInfo(name=crun.name, version=crun.version,
+                                   sha256=files[layout.OCI_RUNTIME].sha256),
+        capabilities=sorted(c.value for c in kernel.capabilities),
+        files=files,
+        kernel_config_sha256=kernel.config_sha256,
+        kernel_cache_key=kernel.cache_key,
+        kernel_source=kernel.source,
+        toolchain=kernel.toolchain,
+    )
+    metadata.write(stage / layout.METADATA)
     return metadata
 
 
@@ -119,11 +122,11 @@ def _carry_over_nested_bundles(old: Path, new: Path) -> None:
             os.rename(entry, new / entry.name)
 
 
-def _remove_stage(stage: Path) -> None:
-    """Delete the staging dir, unless a nested bundle could not be carried over (then keep it)."""
-    if not stage.exists():
+def _keep_unmoved(stage: Path) -> None:
+    """If a nested bundle of the previous bundle dir could not be moved back, keep the old dir under
+    a name no sweep removes (the stage itself is deleted when its owner finishes)."""
+    if not stage.exists() or not any(e.is_dir() and not e.is_symlink() for e in stage.iterdir()):
         return
-    if any(e.is_dir() and not e.is_symlink() for e in stage.iterdir()):
-        log.warning("kept %s: it holds directories of the previous bundle that were not moved back", stage)
-        return
-    shutil.rmtree(stage, ignore_errors=True)
+    kept = stage.with_name(stage.name.replace(".install-", ".kept-", 1))
+    os.rename(stage, kept)
+    log.warning("kept %s: it holds directories of the previous bundle that were not moved back", kept)

@@ -22,6 +22,7 @@ from ..layout import cache_root
 
 _META = "kernel.json"
 _CONFIG = "config"
+_STAGE_PREFIX = ".store-"  # every entry is staged under this name: a crashed store's stage is swept
 
 
 def cache_key(*, config_text: str, source_identity: str, toolchain: ToolchainInfo, schema: str,
@@ -84,7 +85,7 @@ def store(
     root = root or kernels_root()
     dest = root / key
     image_name = _image_name(arch)
-    with publish_dir(dest, prefix=f".{key[:16]}-") as stage:
+    with publish_dir(dest, prefix=_STAGE_PREFIX) as stage:
         shutil.copyfile(image, stage / image_name)
         (stage / _CONFIG).write_text(config_text)
         meta = {"key": key, "arch": arch.value, "release": release, "version": version,

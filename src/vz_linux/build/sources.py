@@ -9,29 +9,37 @@ never used; a file lock makes concurrent builds extract once.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import hashlib
 import json
 import re
 import shutil
+import subprocess
+import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from http.client import HTTPMessage
 from pathlib import Path
+from typing import IO, BinaryIO
 
 from filelock import FileLock
 
 from ..bundle.metadata import KernelSourceInfo
-from ..errors import KernelSourceError
+from ..errors import DownloadTimeoutError, DownloadTooLargeError, InsecureDownloadError, KernelSourceError
 from ..fsutil import publish_dir, publish_file, write_atomic
 from ..hashing import sha256_file
 from ..layout import cache_root, source_checkout
-from ..run import run
+from ..run import spawn
 from . import debian
 
 _PIN_LINE = re.compile(r"^\s*([A-Z_]+)\s*:?=\s*(.*?)\s*$")
 _MARKER = ".vz-linux-source.json"
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+_EXTRACT_PREFIX = ".extract-"  # every extraction is staged under this name: a crashed one is swept
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,15 @@ class SourceKind(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class DownloadLimits:
+    """Caps on one source download (docs/profiles.md, "Sources, compile and cache")."""
+
+    max_bytes: int = 4 << 30
+    max_seconds: float = 3600.0
+    read_timeout: float = 60.0  # one stalled read; also bounds how far past max_seconds a read may run
+
+
+@dataclass(frozen=True)
 class SourceSpec:
     """What the user asked for. ``location`` is a path or URL (tarball) or a directory (tree)."""
 
@@ -87,6 +104,7 @@ class SourceSpec:
     sha256: str | None = None
     # Plain http is refused except to the local machine, or with this explicit opt-in.
     allow_http: bool = False
+    limits: DownloadLimits = DownloadLimits()
 
     @classmethod
     def from_option(cls, value: str | None, sha256: str | None = None, allow_http: bool = False) -> SourceSpec:
@@ -162,37 +180,118 @@ def _package_tarball_sha256(tarball: Path, sources: Path) -> str:
     return sha
 
 
-def _download(url: str, sha256: str, allow_http: bool, downloads: Path) -> Path:
+def _check_url(url: str, allow_http: bool, redirected_from: str | None = None) -> None:
     parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme == "http" and not (allow_http or parsed.hostname in _LOCAL_HOSTS):
-        raise KernelSourceError(f"refusing plain http URL {url}", hint="use https:// (or --allow-http)")
     if parsed.scheme not in ("http", "https"):
-        raise KernelSourceError(f"unsupported URL scheme in {url}; use https://, or a local path")
+        what = f"redirect from {redirected_from} to {url}" if redirected_from else f"URL scheme in {url}"
+        raise InsecureDownloadError(f"unsupported {what}", hint="use https://, or a local path")
+    if parsed.scheme == "https":
+        return
+    if redirected_from is not None and urllib.parse.urlsplit(redirected_from).scheme == "https" and not allow_http:
+        raise InsecureDownloadError(f"refusing the https→http redirect from {redirected_from} to {url}",
+                                    hint="fix the URL, or pass --allow-http to accept plain http")
+    if not (allow_http or parsed.hostname in _LOCAL_HOSTS):
+        raise InsecureDownloadError(f"refusing plain http URL {url}", hint="use https:// (or --allow-http)")
+
+
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    """Every redirect target passes the same checks as the URL the user gave (no downgrade)."""
+
+    def __init__(self, allow_http: bool) -> None:
+        self.allow_http = allow_http
+
+    def redirect_request(self, req: urllib.request.Request, fp: IO[bytes], code: int, msg: str,
+                         headers: HTTPMessage, newurl: str) -> urllib.request.Request | None:
+        try:
+            _check_url(newurl, self.allow_http, redirected_from=req.full_url)
+        except InsecureDownloadError:
+            fp.close()
+            raise
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _fetch(url: str, out: BinaryIO, limits: DownloadLimits, allow_http: bool) -> str:
+    """Stream ``url`` into ``out`` within ``limits``; the sha256 of exactly the bytes written."""
+    deadline = time.monotonic() + limits.max_seconds
+    opener = urllib.request.build_opener(_CheckedRedirects(allow_http))
+    digest = hashlib.sha256()
+    got = 0
+    with opener.open(url, timeout=min(limits.read_timeout, limits.max_seconds)) as resp:
+        announced = resp.headers.get("Content-Length")
+        if announced is not None and announced.isdigit() and int(announced) > limits.max_bytes:
+            raise DownloadTooLargeError(f"{url} is {int(announced)} bytes, over the {limits.max_bytes}-byte cap")
+        while chunk := resp.read1(1 << 16):
+            got += len(chunk)
+            if got > limits.max_bytes:
+                raise DownloadTooLargeError(f"{url} sent more than the {limits.max_bytes}-byte cap")
+            if time.monotonic() > deadline:
+                raise DownloadTimeoutError(f"downloading {url} took longer than {limits.max_seconds:.0f}s")
+            digest.update(chunk)
+            out.write(chunk)
+    return digest.hexdigest()
+
+
+def _download(url: str, sha256: str, spec: SourceSpec, downloads: Path) -> tuple[Path, bool]:
+    """The download of ``url`` in ``downloads`` (fetched once per content hash, verified as it is
+    written) and whether it was fetched just now."""
+    _check_url(url, spec.allow_http)
     downloads.mkdir(parents=True, exist_ok=True)
-    name = Path(parsed.path).name or "linux.tar"
+    name = Path(urllib.parse.urlsplit(url).path).name or "linux.tar"
     dest = downloads / f"{sha256}-{name}"
-    if dest.is_file() and sha256_file(dest) == sha256:
-        return dest
+    if dest.is_file():
+        return dest, False  # re-verified while it is extracted (_untar_verified)
     try:
-        with publish_file(dest) as tmp:
-            with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=60) as resp:
-                shutil.copyfileobj(resp, out, 1 << 20)
-            _verify(tmp, sha256, url)
+        with publish_file(dest) as tmp, open(tmp, "wb") as out:
+            got = _fetch(url, out, spec.limits, spec.allow_http)
+            if got != sha256:
+                raise _mismatch(url, sha256, got)
+    except TimeoutError:
+        raise DownloadTimeoutError(f"downloading {url}: no data for {spec.limits.read_timeout:.0f}s") from None
     except (urllib.error.URLError, OSError) as e:
         raise KernelSourceError(f"cannot download {url}: {getattr(e, 'reason', e)}") from None
-    return dest
+    return dest, True
 
 
-def _verify(path: Path, sha256: str, what: str) -> None:
-    got = sha256_file(path)
-    if got != sha256.lower():
-        raise KernelSourceError(
-            f"sha256 mismatch for {what}: expected {sha256.lower()}, got {got}",
-            hint="check the URL/path and the --kernel-source-sha256 value",
-        )
+def _mismatch(what: str, expected: str, got: str) -> KernelSourceError:
+    return KernelSourceError(f"sha256 mismatch for {what}: expected {expected}, got {got}",
+                             hint="check the URL/path and the --kernel-source-sha256 value")
 
 
-def _extract(tarball: Path, sha256: str, sources: Path) -> Path:
+_COMPRESSION = ((b"\x1f\x8b", "-z"), (b"\xfd7zXZ\x00", "-J"), (b"BZh", "-j"), (b"\x28\xb5\x2f\xfd", "--zstd"))
+
+
+def _untar_verified(tarball: BinaryIO, sha256: str, stage: Path, what: str) -> None:
+    """Extract ``tarball`` into ``stage`` through tar's stdin while hashing the same bytes, so what
+    is extracted is exactly what was verified (no check-then-reopen). Its single top dir is dropped."""
+    head = tarball.read(8)
+    flags = [flag for magic, flag in _COMPRESSION if head.startswith(magic)]
+    digest = hashlib.sha256(head)
+    argv = ["tar", "-x", *flags, "-f", "-", "-C", str(stage), "--strip-components=1", "--no-same-owner"]
+    with tempfile.TemporaryFile() as err:
+        with spawn(argv, stdin=subprocess.PIPE, stderr=err) as proc:
+            assert proc.stdin is not None
+            feeding = True
+            chunk = head
+            while chunk:
+                if feeding:
+                    try:
+                        proc.stdin.write(chunk)
+                    except BrokenPipeError:
+                        feeding = False  # tar gave up; keep hashing, its exit code says why
+                chunk = tarball.read(1 << 20)
+                digest.update(chunk)
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
+            code = proc.wait()
+        err.seek(0)
+        tail = err.read().decode(errors="replace").strip().splitlines()[-3:]
+    if digest.hexdigest() != sha256:
+        raise _mismatch(what, sha256, digest.hexdigest())
+    if code != 0:
+        raise KernelSourceError(f"extracting {what} failed (tar exit {code}): {' | '.join(tail)}")
+
+
+def _extract(tarball: Path, sha256: str, sources: Path, what: str) -> Path:
     """The extracted tree for this tarball content, extracting it once (atomically, locked)."""
     dest = sources / f"linux-{sha256[:16]}"
     if (dest / _MARKER).is_file():
@@ -201,15 +300,40 @@ def _extract(tarball: Path, sha256: str, sources: Path) -> Path:
     with FileLock(str(sources / f".{dest.name}.lock")):
         if (dest / _MARKER).is_file():
             return dest
-        with publish_dir(dest, prefix=f".extract-{dest.name}-") as stage:
-            # tar(1) detects the compression; the tarball's single top directory is dropped.
-            run(["tar", "-xf", tarball, "-C", stage, "--strip-components=1", "--no-same-owner"])
+        try:
+            f = open(tarball, "rb")  # noqa: SIM115 - closed below, after the stage is published
+        except OSError as e:
+            raise KernelSourceError(f"cannot read kernel tarball {tarball}: {e.strerror}") from None
+        with f, publish_dir(dest, prefix=_EXTRACT_PREFIX) as stage:
+            _untar_verified(f, sha256, stage, what)
             version = tree_version(stage)
             (stage / _MARKER).write_text(json.dumps({"sha256": sha256, "version": version,
                                                      "tarball": str(tarball)}) + "\n")
             if dest.exists():  # a stale partial tree from an older, interrupted layout
                 shutil.rmtree(dest)
     return dest
+
+
+def _tarball_tree(spec: SourceSpec, sha: str, cache: Path) -> Path:
+    """The extracted tree of a sha256-pinned tarball given by path or URL."""
+    assert spec.location is not None
+    dest = cache / "sources" / f"linux-{sha[:16]}"
+    if (dest / _MARKER).is_file():
+        return dest
+    if "://" not in spec.location:
+        tarball = Path(spec.location).resolve()
+        if not tarball.is_file():
+            raise KernelSourceError(f"kernel tarball {tarball} does not exist")
+        return _extract(tarball, sha, cache / "sources", str(tarball))
+    downloaded, fresh = _download(spec.location, sha, spec, cache / "downloads")
+    try:
+        return _extract(downloaded, sha, cache / "sources", spec.location)
+    except KernelSourceError:
+        if fresh:
+            raise
+    downloaded.unlink(missing_ok=True)  # our earlier download no longer verifies: fetch it again
+    downloaded, _ = _download(spec.location, sha, spec, cache / "downloads")
+    return _extract(downloaded, sha, cache / "sources", spec.location)
 
 
 def acquire_source(spec: SourceSpec, *, pin: KernelPin | None = None, cache: Path | None = None) -> KernelSource:
@@ -228,7 +352,7 @@ def acquire_source(spec: SourceSpec, *, pin: KernelPin | None = None, cache: Pat
             raise KernelSourceError(f"{pin.debian_tarball} is missing although {pin.debian_package} is installed",
                                     hint=f"apt-get install --reinstall {pin.debian_package}")
         sha = _package_tarball_sha256(pin.debian_tarball, sources)
-        tree = _extract(pin.debian_tarball, sha, sources)
+        tree = _extract(pin.debian_tarball, sha, sources, str(pin.debian_tarball))
         version = tree_version(tree)
         info = _source_info(spec.kind, version=version, sha256=sha,
                             origin=f"{pin.debian_package}={deb_version}")
@@ -244,14 +368,7 @@ def acquire_source(spec: SourceSpec, *, pin: KernelPin | None = None, cache: Pat
             raise KernelSourceError(f"a tarball source needs its sha256 (64 hex digits): {spec.location}",
                                     hint="pass --kernel-source-sha256")
         sha = spec.sha256.lower()
-        if "://" in spec.location:
-            tarball = _download(spec.location, sha, spec.allow_http, (cache or cache_root()) / "downloads")
-        else:
-            tarball = Path(spec.location).resolve()
-            if not tarball.is_file():
-                raise KernelSourceError(f"kernel tarball {tarball} does not exist")
-            _verify(tarball, sha, str(tarball))
-        tree = _extract(tarball, sha, sources)
+        tree = _tarball_tree(spec, sha, cache or cache_root())
         version = tree_version(tree)
         info = _source_info(spec.kind, version=version, sha256=sha, origin=spec.location)
     if not (version == pin.series or version.startswith(pin.series + ".")):

@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationErro
 
 from .. import layout
 from ..errors import ChecksumMismatchError, InstallError, InvalidMetadataError, MissingArtifactsError
-from ..fsutil import fsync_dir, swap_in, write_atomic
+from ..fsutil import fsync_dir, swap_in, sweep_stale, write_atomic
 from ..hashing import sha256_bytes
 from ..profiles import KernelCapability, KernelProfile
 from .metadata import BundleMetadata
@@ -251,9 +251,9 @@ def _recover(install_dir: Path) -> None:
             if entry.name.startswith(old_prefix) and entry.is_dir():
                 os.rename(entry, install_dir)
                 break
-    for entry in entries:
-        if entry.name.startswith((install_prefix, old_prefix)) and entry.exists() and entry != install_dir:
-            shutil.rmtree(entry, ignore_errors=True)
+    # Only unlocked ones: a bundle assembly staging beside its out dir holds its stage's lock.
+    sweep_stale(parent, install_prefix)
+    sweep_stale(parent, old_prefix)
 
 
 def _install_locked(src: _Source, install_dir: Path) -> None:
@@ -386,6 +386,61 @@ def install_bundle(
                 if not _identical(_snapshot(install_dir), src.meta_bytes, sizes):
                     _install_locked(src, install_dir)
         return bundle_from_metadata(install_dir, src.metadata)
+
+
+def install_legacy(
+    source: Path,
+    root: Path | None = None,
+    *,
+    require_exact_agent_version: bool = True,
+) -> KernelBundle:
+    """Install a developer bundle as the seed's legacy default: its files directly in ``root``
+    (``~/.vz/linux/``), beside the profile dirs and ``pulled/``.
+
+    That directory holds more than the bundle, so it cannot be swapped as a whole: under the same
+    lock as :func:`install_bundle`, ``version.json`` and the install record are removed first, the
+    artifacts are replaced one by one (each staged beside its name, hashed while copied, fsynced,
+    renamed), then the record and ``version.json`` are written last. A reader sees the old bundle,
+    no bundle, or the new one; a crash part-way leaves no legacy bundle (``~/.vz/linux/developer/``,
+    installed first and swapped atomically, is untouched). docs/distribution.md.
+    """
+    source, root = Path(source), Path(root) if root is not None else layout.default_install_root()
+    with _open_source(source) as src:
+        check_selection(src.metadata, source, profile=KernelProfile.developer, required_capabilities=(),
+                        require_exact_agent_version=require_exact_agent_version)
+        sizes = src.sizes()
+        if not _identical(_snapshot(root), src.meta_bytes, sizes):
+            with install_lock(root):
+                if not _identical(_snapshot(root), src.meta_bytes, sizes):
+                    _install_in_place_locked(src, root)
+        return bundle_from_metadata(root, src.metadata)
+
+
+def _install_in_place_locked(src: _Source, root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for name in (layout.METADATA, layout.INSTALL_RECORD):
+            (root / name).unlink(missing_ok=True)
+        fsync_dir(root)
+        stamps: dict[str, _Stamp] = {}
+        for name, expected in src.metadata.artifact_checksums().items():
+            tmp = root / f".{name}.vz-install"
+            tmp.unlink(missing_ok=True)  # left by a crashed install (we hold the lock)
+            actual = _copy_hashed(src.dir_fd, src.root / name, tmp)
+            if actual != expected:
+                tmp.unlink()
+                raise ChecksumMismatchError(
+                    f"bundle {src.root} has a corrupted file: {name}: expected sha256 {expected}, found {actual}",
+                    hint="nothing more was installed; the legacy ~/.vz/linux holds no bundle now")
+            os.replace(tmp, root / name)
+            stamps[name] = _Stamp.of((root / name).lstat(), actual)
+        record = InstallRecord(metadata_sha256=sha256_bytes(src.meta_bytes), source=str(src.root.resolve()),
+                               files=stamps)
+        write_atomic(root / layout.INSTALL_RECORD, (record.model_dump_json(indent=2) + "\n").encode())
+        write_atomic(root / layout.METADATA, src.meta_bytes)
+    except OSError as e:
+        raise InstallError(f"installing into {root} failed: {e.strerror or e}",
+                           hint="check free space and permissions") from None
 
 
 def load_installed(

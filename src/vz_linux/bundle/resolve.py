@@ -2,13 +2,17 @@
 
 Resolution order for the bundle to install (first that applies wins):
 
-1. ``KernelBundleOptions.bundle_dir`` (the caller's);
+1. ``KernelBundleOptions.bundle_dir`` or ``KernelBundleOptions.reference`` (the caller's; not both);
 2. ``$VZ_LINUX_<PROFILE>_BUNDLE_DIR`` (``VZ_LINUX_DEVELOPER_BUNDLE_DIR``, ``VZ_LINUX_CONTAINER_BUNDLE_DIR``);
-3. ``$VZ_LINUX_BUNDLE_DIR``;
-4. only when the install dir is the default: the source checkout's ``linux/out[/container]``
-   (``layout.default_bundle_dir``), if a bundle is there.
+3. ``$VZ_LINUX_<PROFILE>_REFERENCE`` (a registry reference, e.g. ``HOST/REPO:TAG@sha256:…``);
+4. ``$VZ_LINUX_BUNDLE_DIR``;
+5. only when the install dir is the default and the package runs from a real source checkout
+   (``layout.source_checkout``): its ``linux/out[/container]``, if a bundle is there. A
+   wheel-installed package never takes a bundle from the current directory.
 
-A bundle found that way is validated and installed into the install dir (default
+A reference is pulled into the by-digest store (:mod:`vz_linux.bundle.transfer`) unless the store
+already holds that digest (then there is no network round trip) and the stored bundle is the
+source. A bundle found that way is validated and installed into the install dir (default
 ``~/.vz/linux/<profile>/``) unless an identical intact install is already there. With none, the
 installed files are validated and returned; the developer profile falls back to the legacy
 ``~/.vz/linux/`` when its own dir holds nothing.
@@ -23,16 +27,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import layout
-from ..errors import MissingArtifactsError, NoHomeDirectoryError
+from ..errors import InvalidConfigError, MissingArtifactsError, NoHomeDirectoryError
 from ..profiles import KernelCapability, KernelProfile
 from .install import install_bundle, load_installed
 from .model import KernelBundle
+from .transfer import bundle_dir_for
 
 ENV_BUNDLE_DIR = "VZ_LINUX_BUNDLE_DIR"
 
 
 def profile_env_var(profile: KernelProfile) -> str:
     return f"VZ_LINUX_{profile.value.upper()}_BUNDLE_DIR"
+
+
+def reference_env_var(profile: KernelProfile) -> str:
+    return f"VZ_LINUX_{profile.value.upper()}_REFERENCE"
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,7 @@ class KernelBundleOptions:
     install_dir: Path | None = None  # None = ~/.vz/linux/<profile>/
     bundle_dir: Path | None = None  # None = environment, then the source checkout's linux/out
     require_exact_agent_version: bool = True
+    reference: str | None = None  # HOST/REPO[:TAG][@sha256:…]: pulled unless that digest is stored
 
     def __post_init__(self) -> None:
         # Accept strings and plain iterables from callers; store the typed forms.
@@ -70,7 +80,8 @@ class Resolution:
     install_dir: Path
     default_install: bool
     source: Path | None
-    source_reason: str | None  # "bundle_dir", "$VZ_LINUX_…", "source checkout"
+    source_reason: str | None  # "bundle_dir", "reference", "$VZ_LINUX_…", "source checkout"
+    reference: str | None = None  # set when the source is a registry reference (pulled on ensure)
 
 
 def _env_dir(name: str) -> Path | None:
@@ -89,16 +100,24 @@ def resolve(options: KernelBundleOptions) -> Resolution:
             default_install = _same_path(install_dir, layout.default_install_dir(profile))
         except NoHomeDirectoryError:
             default_install = False
-    candidates: list[tuple[Path | None, str]] = [
+    if options.bundle_dir is not None and options.reference is not None:
+        raise InvalidConfigError("give a bundle dir or a reference, not both")
+    env_ref = os.environ.get(reference_env_var(profile)) or None
+    candidates: list[tuple[Path | str | None, str]] = [
         (options.bundle_dir, "bundle_dir"),
+        (options.reference, "reference"),
         (_env_dir(profile_env_var(profile)), f"${profile_env_var(profile)}"),
+        (env_ref, f"${reference_env_var(profile)}"),
         (_env_dir(ENV_BUNDLE_DIR), f"${ENV_BUNDLE_DIR}"),
     ]
-    for path, reason in candidates:
-        if path is not None:
-            return Resolution(profile, install_dir, default_install, path, reason)
-    if default_install:
-        out = layout.default_bundle_dir(profile)
+    for where, reason in candidates:
+        if isinstance(where, str):
+            return Resolution(profile, install_dir, default_install, None, reason, reference=where)
+        if where is not None:
+            return Resolution(profile, install_dir, default_install, where, reason)
+    out_root = layout.trusted_out_root() if default_install else None
+    if out_root is not None:
+        out = layout.default_bundle_dir(profile, out_root=out_root)
         if (out / layout.METADATA).exists():
             return Resolution(profile, install_dir, default_install, out, "source checkout")
     return Resolution(profile, install_dir, default_install, None, None)
@@ -116,6 +135,8 @@ def ensure_kernel_bundle(options: KernelBundleOptions | None = None) -> KernelBu
         return load(where, *args, profile=res.profile, required_capabilities=options.required_capabilities,
                     require_exact_agent_version=options.require_exact_agent_version)
 
+    if res.reference is not None:
+        return checked(install_bundle, bundle_dir_for(res.reference, res.install_dir), res.install_dir)
     if res.source is not None:
         return checked(install_bundle, res.source, res.install_dir)
     if (res.install_dir / layout.METADATA).exists() or res.install_dir.is_symlink():

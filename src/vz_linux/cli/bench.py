@@ -118,7 +118,6 @@ def bench(bundle_dir: Path | None, profile: str | None, kernel: Path | None, ini
     setup_logging(verbose)
     _check_options(rootfs_dir, snapshot, plot_file)
     verdict = resolve_accel(AccelChoice.parse(accel))
-    err_console.print(f"accelerator: {verdict.reason}", markup=False)
     common = {"cpus": cpus, "memory_mib": memory_mib, "accel": AccelChoice(verdict.accel.value)}
     prof = KernelProfile.parse(profile) if profile else None
     a = Architecture.parse(arch) if arch else None
@@ -129,6 +128,8 @@ def bench(bundle_dir: Path | None, profile: str | None, kernel: Path | None, ini
     if compare_dir is not None:
         sources.append((str(compare_dir), GuestSource(bundle_dir=compare_dir, arch=a, version_check=not no_version_check)))
     guests = _guests(sources, [False, True] if snapshot and cold else [snapshot], common)
+    # Only once every guest validated: a bad bundle is one error line, nothing before it.
+    err_console.print(f"accelerator: {verdict.reason}", markup=False)
     if serial_logs and serial_log_dir is None:
         serial_log_dir = cache_root() / "bench-serial" / time.strftime("%Y%m%dT%H%M%S")
     opts = BenchOptions(

@@ -9,6 +9,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from ..bundle.fetch import DEFAULT_MAX_BYTES
 from ..bundle.install import install_bundle
 from ..bundle.model import KernelBundle, validate_bundle
 from ..bundle.resolve import KernelBundleOptions, ensure_kernel_bundle, resolve
@@ -16,6 +17,7 @@ from ..errors import VzLinuxError
 from ..profiles import KernelCapability, KernelProfile
 from ..vm.boot_verify import BootVerification, probe_failure, verify_boot
 from .common import out_console
+from .dist_cmds import install_from
 
 _PATH = click.Path(path_type=Path, file_okay=True, dir_okay=True)
 
@@ -63,15 +65,44 @@ _json = click.option("--json", "as_json", is_flag=True, help="Machine-readable o
 
 
 @click.command("install")
-@click.argument("bundle_dir", type=_PATH)
+@click.argument("bundle_dir", type=_PATH, required=False)
+@click.option("--from", "from_", metavar="URL_OR_DIR",
+              help="Install a signed release from an http(s) URL or a directory (with --version).")
+@click.option("--version", "release_version", metavar="V", help="The release version to install (with --from).")
+@click.option("--trusted-key", "trusted_keys", multiple=True, type=_PATH, metavar="KEY.pub",
+              help="Public key the release must be signed with (default: ~/.vz/linux/trusted-keys/*.pub).")
+@click.option("--max-size", "max_size_mib", type=click.IntRange(1), default=DEFAULT_MAX_BYTES >> 20,
+              show_default=True, help="Refuse a release asset larger than this many MiB (with --from).")
+@click.option("--install-root", type=_PATH, help="With --from: instead of ~/.vz/linux (profiles go in <root>/<profile>/).")
 @click.option("--install-dir", type=_PATH, help="Default: ~/.vz/linux/<the bundle's profile>/.")
-@click.option("--profile", help="Refuse the bundle unless it is this profile.")
+@click.option("--profile", help="With BUNDLE_DIR: refuse the bundle unless it is this profile. With --from: "
+              "all, developer or container (default $VZ_LINUX_PROFILE, else all).")
 @_require
 @_no_version_check
 @_json
-def install_cmd(bundle_dir: Path, install_dir: Path | None, profile: str | None, require: tuple[str, ...],
+def install_cmd(bundle_dir: Path | None, from_: str | None, release_version: str | None,
+                trusted_keys: tuple[Path, ...], max_size_mib: int, install_root: Path | None,
+                install_dir: Path | None, profile: str | None, require: tuple[str, ...],
                 no_version_check: bool, as_json: bool) -> None:
-    """Validate the bundle in BUNDLE_DIR and install it atomically."""
+    """Validate the bundle in BUNDLE_DIR and install it atomically, or install a signed release (--from)."""
+    if from_ is not None:
+        if bundle_dir is not None or install_dir is not None or require:
+            raise click.UsageError("--from installs a release: BUNDLE_DIR, --install-dir and --require do not apply")
+        result = install_from(from_, release_version, profile, trusted_keys, install_root, max_size_mib,
+                              no_version_check)
+        if as_json:
+            _print_json(result or {"ok": True, "skipped": True, "installed": {}})
+        elif result is not None:
+            for name, summary in result["installed"].items():
+                out_console.print(f"installed {name} into {summary['root']} (kernel {summary['kernel_release']})",
+                                  markup=False, soft_wrap=True)
+            if result["legacy"]:
+                out_console.print(f"installed developer as the legacy default {result['legacy']}", markup=False)
+        return
+    if bundle_dir is None:
+        raise click.UsageError("give BUNDLE_DIR, or --from URL_OR_DIR --version V")
+    if release_version is not None or trusted_keys or install_root is not None:
+        raise click.UsageError("--version, --trusted-key and --install-root go with --from")
     bundle = install_bundle(bundle_dir, install_dir, profile=_profile(profile),
                             required_capabilities=_capabilities(require),
                             require_exact_agent_version=not no_version_check)
@@ -87,10 +118,13 @@ def install_cmd(bundle_dir: Path, install_dir: Path | None, profile: str | None,
 @_require
 @click.option("--install-dir", type=_PATH, help="Default: ~/.vz/linux/<profile>/.")
 @click.option("--bundle-dir", type=_PATH, help="Bundle to install (else $VZ_LINUX_<PROFILE>_BUNDLE_DIR, …).")
+@click.option("--reference", metavar="HOST/REPO[:TAG][@sha256:…]",
+              help="Registry reference to install (else $VZ_LINUX_<PROFILE>_REFERENCE); a stored digest pin "
+                   "needs no network.")
 @_no_version_check
 @_json
 def ensure_cmd(profile: str, require: tuple[str, ...], install_dir: Path | None, bundle_dir: Path | None,
-               no_version_check: bool, as_json: bool) -> None:
+               reference: str | None, no_version_check: bool, as_json: bool) -> None:
     """Find, validate and install the bundle for a profile (the selection API's resolution order)."""
     options = KernelBundleOptions(
         profile=KernelProfile.parse(profile),
@@ -98,14 +132,16 @@ def ensure_cmd(profile: str, require: tuple[str, ...], install_dir: Path | None,
         install_dir=install_dir,
         bundle_dir=bundle_dir,
         require_exact_agent_version=not no_version_check,
+        reference=reference,
     )
     res = resolve(options)
     bundle = ensure_kernel_bundle(options)
     if as_json:
-        source = {"source": str(res.source) if res.source else None, "source_reason": res.source_reason}
+        source = {"source": str(res.source) if res.source else res.reference, "source_reason": res.source_reason}
         _print_json({"ok": True, **bundle.summary(), **source})
     else:
-        where = f"from {res.source} ({res.source_reason})" if res.source else "already installed"
+        origin = res.source or res.reference
+        where = f"from {origin} ({res.source_reason})" if origin else "already installed"
         _show(bundle, f"{bundle.profile.value} bundle at {bundle.root}, {where}")
 
 

@@ -6,11 +6,14 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import FrameType
 from typing import NoReturn
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TaskID, TextColumn, TransferSpeedColumn
 
 from ..errors import VzLinuxError
 
@@ -60,3 +63,31 @@ def run_cli(command: click.Command, prog: str, args: list[str] | None = None) ->
         e.show()
         sys.exit(EXIT_USAGE if isinstance(e, click.UsageError) else e.exit_code)
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@contextmanager
+def download_progress() -> Iterator[Callable[[str, int, int | None], None]]:
+    """A progress callback ``(name, bytes done, total or None)``: a bar per file on a terminal,
+    nothing in logs (no live display there)."""
+    progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(),
+                        TransferSpeedColumn(), console=err_console, transient=True)
+    tasks: dict[str, TaskID] = {}
+
+    def update(name: str, done: int, total: int | None) -> None:
+        if not err_console.is_terminal:
+            return
+        if not progress.live.is_started:
+            progress.start()
+        if name not in tasks:
+            tasks[name] = progress.add_task(name, total=total)
+        progress.update(tasks[name], completed=done, total=total)
+
+    try:
+        yield update
+    finally:
+        if progress.live.is_started:
+            progress.stop()
+
+
+def warn(prog: str, message: str) -> None:
+    err_console.print(f"{prog}: warning: {message}", markup=False, soft_wrap=True)

@@ -6,7 +6,7 @@ from typing import NoReturn
 
 import click
 
-from . import build_cmds, bundle_cmds, run_cmds
+from . import build_cmds, bundle_cmds, dist_cmds, run_cmds
 from .common import run_cli, setup_logging
 
 
@@ -19,7 +19,8 @@ def cli(verbose: bool) -> None:
 
 
 for _command in (build_cmds.build, build_cmds.config_cmd, bundle_cmds.install_cmd, bundle_cmds.ensure_cmd,
-                 bundle_cmds.verify_cmd, run_cmds.run_cmd):
+                 bundle_cmds.verify_cmd, run_cmds.run_cmd, dist_cmds.keygen_cmd, dist_cmds.release_cmd,
+                 dist_cmds.push_cmd, dist_cmds.pull_cmd):
     cli.add_command(_command)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..bundle.model import KernelBundle
 from ..errors import OciError
+from ..fsutil import write_atomic
 from ..profiles import KernelProfile
 from ..vm.agent_protocol import Stream
 from ..vm.linux_vm import LinuxVm, VmConfig, VmShare
@@ -28,6 +29,7 @@ from .image import Rootfs, find_command, prepare_image
 from .spec import ProcessSpec, Volume, merge_env, namespaces_for, runtime_spec
 from .state import (
     CONFIG_FILE,
+    PRIVATE_FILE_MODE,
     STDERR_LOG,
     STDOUT_LOG,
     ContainerState,
@@ -79,7 +81,7 @@ def prepare_container(cfg: RuntimeConfig, req: ContainerRequest) -> tuple[Contai
         volumes = [(guest.volume_guest_path(i), v) for i, v in enumerate(req.volumes)]
         spec = runtime_spec(process, root_path=guest.GUEST_ROOTFS,
                             namespaces=namespaces_for(_profile(cfg), cfg.network), volumes=volumes)
-        (cdir / CONFIG_FILE).write_text(json.dumps(spec, indent=2) + "\n")
+        write_atomic(cdir / CONFIG_FILE, (json.dumps(spec, indent=2) + "\n").encode(), mode=PRIVATE_FILE_MODE)
         same_file_or_copy(bundle.oci_runtime, cdir / "crun")
         state = ContainerState(
             id=cid, name=req.name or cid, image=rootfs.image, rootfs=str(rootfs.path),

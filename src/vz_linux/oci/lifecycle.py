@@ -96,8 +96,8 @@ def exec_in(cfg: RuntimeConfig, ref: str, args: Sequence[str], *, env: Sequence[
 def _kill_supervisor(cfg: RuntimeConfig, state: ContainerState, *, grace: float = 30.0,
                      terminate: bool = False) -> None:
     """Make sure no supervisor (and so no VM: QEMU dies with it) is left for this container."""
-    if state.supervisor_pid is None:
-        return
+    if state.supervisor_pid is None or not store_for(cfg).supervisor_alive(state):
+        return  # none recorded, gone, or a process that is not this container's supervisor
     if terminate and not supervisor.wait_gone(state.supervisor_pid, state.supervisor_start, 0):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(state.supervisor_pid, signal.SIGTERM)  # it unwinds: VM stopped, socket removed

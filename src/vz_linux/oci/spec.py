@@ -64,11 +64,6 @@ class Volume:
     def to_json(self) -> dict[str, Any]:
         return {"source": str(self.source), "destination": self.destination, "read_only": self.read_only}
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Volume:
-        return cls(source=Path(data["source"]), destination=str(data["destination"]),
-                   read_only=bool(data["read_only"]))
-
 
 @dataclass(frozen=True)
 class ProcessSpec:

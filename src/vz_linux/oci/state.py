@@ -3,8 +3,14 @@
 Each container directory holds ``state.json`` (written atomically; the supervisor and the CLI
 both update it under a file lock), the runtime ``config.json`` and a copy of the bundle's ``crun``
 (both shared into the VM), ``stdout.log``/``stderr.log``, and while a supervisor runs, its Unix
-socket and log. A supervisor is identified by pid *and* process start time so a reused pid is
-never mistaken for it.
+socket and log. A supervisor is identified by pid, process start time *and* its command line
+(``-m vz_linux.oci.supervisor <container dir>``), so neither a reused pid nor a pid written into
+``state.json`` by someone else is ever signalled.
+
+Everything read back is untrusted (docs/security.md, "Hostile inputs"): a container's id is the
+name of its directory, ``[0-9a-f]{12}``; a ``state.json`` whose ``id`` differs, or whose fields
+have the wrong types or impossible values, is refused with :class:`ContainerStateError`. Records
+hold ``-e`` values, so directories are 0700 and ``state.json``/``config.json`` 0600.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import logging
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -21,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+from pydantic import TypeAdapter, ValidationError
 
 from ..clock import utc_timestamp
 from ..errors import ContainerStateError, InvalidConfigError
@@ -33,6 +42,11 @@ STDOUT_LOG = "stdout.log"
 STDERR_LOG = "stderr.log"
 SUPERVISOR_SOCKET = "supervisor.sock"
 SUPERVISOR_LOG = "supervisor.log"
+PRIVATE_FILE_MODE = 0o600  # state.json, config.json: they hold the container's environment
+PRIVATE_DIR_MODE = 0o700
+SUPERVISOR_MODULE = "vz_linux.oci.supervisor"
+_ID = re.compile(r"[0-9a-f]{12}")
+log = logging.getLogger(__name__)
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 
 
@@ -85,13 +99,40 @@ class ContainerState:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> ContainerState:
-        d = dict(d)
-        d["args"], d["env"] = tuple(d["args"]), tuple(d["env"])
-        d["volumes"] = tuple(Volume.from_json(v) for v in d.get("volumes", ()))
-        d["status"] = Status(d["status"])
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
+    def parse(cls, text: str, where: Path) -> ContainerState:
+        """A ``state.json``'s text, every field type-checked (no coercion), values sanity-checked."""
+        try:
+            state = _STATE.validate_json(text, strict=True)
+        except ValidationError as e:
+            first = e.errors()[0]
+            field_name = ".".join(str(x) for x in first["loc"]) or "(top level)"
+            raise ContainerStateError(f"container state {where} is corrupt: {field_name}: {first['msg']}",
+                                      hint=f"remove {where.parent}") from None
+        bad = state._impossible()
+        if bad:
+            raise ContainerStateError(f"container state {where} is corrupt: {bad}", hint=f"remove {where.parent}")
+        return state
+
+    def _impossible(self) -> str | None:
+        """What no record we wrote can hold (a pid ≤ 1 would signal init, us, or everything)."""
+        if self.supervisor_pid is not None and self.supervisor_pid <= 1:
+            return f"supervisor_pid {self.supervisor_pid}"
+        if self.cpus < 1 or self.memory_mib < 1:
+            return f"cpus {self.cpus} / memory_mib {self.memory_mib}"
+        if any(not v.destination.startswith("/") for v in self.volumes):
+            return "a volume with a relative container path"
+        return None
+
+
+_STATE: TypeAdapter[ContainerState] = TypeAdapter(ContainerState)
+
+
+def check_id(container_id: str) -> str:
+    """``container_id`` if it is a container id (12 lowercase hex digits), else ContainerStateError."""
+    if not _ID.fullmatch(container_id):
+        raise ContainerStateError(f"{container_id!r} is not a container id (12 hex digits)",
+                                  hint="see `vz oci ps -a`")
+    return container_id
 
 
 def process_start_time(pid: int) -> int | None:
@@ -112,7 +153,7 @@ class ContainerStore:
         self.root = containers_dir
 
     def dir(self, container_id: str) -> Path:
-        return self.root / container_id
+        return self.root / check_id(container_id)
 
     @contextlib.contextmanager
     def locked(self, container_id: str) -> Iterator[None]:
@@ -132,21 +173,30 @@ class ContainerStore:
 
     def create_dir(self, container_id: str) -> Path:
         d = self.dir(container_id)
-        d.mkdir(parents=True, exist_ok=False)
+        self.root.mkdir(parents=True, exist_ok=True, mode=PRIVATE_DIR_MODE)
+        d.mkdir(mode=PRIVATE_DIR_MODE)
+        os.chmod(d, PRIVATE_DIR_MODE)  # whatever the umask
         return d
 
     def write(self, state: ContainerState) -> None:
-        write_atomic(self.dir(state.id) / STATE_FILE, (json.dumps(state.to_json(), indent=2) + "\n").encode())
+        write_atomic(self.dir(state.id) / STATE_FILE, (json.dumps(state.to_json(), indent=2) + "\n").encode(),
+                     mode=PRIVATE_FILE_MODE)
 
     def read(self, container_id: str) -> ContainerState:
+        """The record in the directory named ``container_id``; its ``id`` must be that name."""
         path = self.dir(container_id) / STATE_FILE
         try:
-            return ContainerState.from_json(json.loads(path.read_text()))
+            text = path.read_text()
         except FileNotFoundError:
             raise ContainerStateError(f"no container {container_id}") from None
-        except (ValueError, KeyError, TypeError) as e:
-            raise ContainerStateError(f"container state {path} is corrupt: {e}",
-                                      hint=f"remove {self.dir(container_id)}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise ContainerStateError(f"cannot read container state {path}: {e}") from None
+        state = ContainerState.parse(text, path)
+        if state.id != container_id:
+            raise ContainerStateError(
+                f"container state {path} names the id {state.id!r}, not its directory's: refused",
+                hint=f"the record was altered; remove {path.parent}")
+        return state
 
     def update(self, container_id: str, **changes: Any) -> ContainerState:
         with self.locked(container_id):
@@ -155,21 +205,28 @@ class ContainerStore:
             return state
 
     def list(self) -> list[ContainerState]:
+        """Every readable record (by directory name); broken ones are skipped."""
         out: list[ContainerState] = []
         if not self.root.is_dir():
             return out
         for d in sorted(self.root.iterdir()):
-            if (d / STATE_FILE).is_file():
-                with contextlib.suppress(ContainerStateError):
-                    out.append(self.read(d.name))
+            if not _ID.fullmatch(d.name) or d.is_symlink() or not (d / STATE_FILE).is_file():
+                continue
+            try:
+                out.append(self.read(d.name))
+            except ContainerStateError as e:
+                log.debug("skipped %s", e.one_line())  # named by its id, it reports this itself
         return sorted(out, key=lambda s: s.created)
 
     def find(self, ref: str) -> ContainerState:
-        """By exact name, exact id, or unique id prefix."""
+        """By exact name, exact id, or unique id prefix. A broken record named by its exact id
+        reports what is wrong with it."""
         states = self.list()
         for st in states:
             if ref in (st.name, st.id):
                 return st
+        if _ID.fullmatch(ref) and (self.root / ref).is_dir():
+            return self.read(ref)
         matches = [st for st in states if st.id.startswith(ref)]
         if len(matches) == 1:
             return matches[0]
@@ -178,9 +235,11 @@ class ContainerStore:
         raise ContainerStateError(f"no container named {ref!r}", hint="list them with `vz oci ps -a`")
 
     def supervisor_alive(self, state: ContainerState) -> bool:
+        """Its supervisor runs: the recorded pid and start time match a process that is this
+        container's supervisor (so a pid someone wrote into state.json is never signalled)."""
         if state.supervisor_pid is None or state.supervisor_start is None:
             return False
-        return process_start_time(state.supervisor_pid) == state.supervisor_start
+        return is_supervisor(state.supervisor_pid, state.supervisor_start, self.dir(state.id))
 
     def effective_status(self, state: ContainerState) -> Status:
         """A live status whose supervisor is gone is reported as failed."""
@@ -189,7 +248,26 @@ class ContainerStore:
         return state.status
 
     def remove(self, container_id: str) -> None:
-        shutil.rmtree(self.dir(container_id), ignore_errors=True)
+        d = self.dir(container_id)
+        if not d.is_symlink():
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def is_supervisor(pid: int, start: int, cdir: Path) -> bool:
+    """Process ``pid``, started at ``start``, runs ``-m vz_linux.oci.supervisor <cdir>``."""
+    if pid <= 1 or process_start_time(pid) != start:
+        return False
+    try:
+        argv = [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+    except OSError:
+        return False
+    try:
+        at = argv.index(SUPERVISOR_MODULE)
+    except ValueError:
+        return False
+    if at < 1 or argv[at - 1] != "-m" or len(argv) <= at + 1:
+        return False
+    return os.path.realpath(argv[at + 1]) == os.path.realpath(cdir)
 
 
 def read_log(path: Path) -> bytes:

@@ -32,9 +32,18 @@ from ..profiles import KernelProfile
 from .config import RuntimeConfig
 from .container import ContainerVm
 from .spec import merge_env
-from .state import SUPERVISOR_LOG, SUPERVISOR_SOCKET, ContainerStore, Status, now, process_start_time
+from .state import (
+    SUPERVISOR_LOG,
+    SUPERVISOR_MODULE,
+    SUPERVISOR_SOCKET,
+    ContainerStore,
+    Status,
+    now,
+    process_start_time,
+)
 
 _LINE_LIMIT = 1 << 20
+_GO = b"go\n"  # spawn() → supervisor on its stdin: "your pid is recorded, boot"
 
 
 # --- socket paths: bound through /proc/self/fd so deep data dirs fit in sun_path ----------------
@@ -119,28 +128,37 @@ class _Settings:
 
 
 def spawn(cfg: RuntimeConfig, container_id: str) -> None:
-    """Start the supervisor of a prepared container and wait until its VM is up (or failed)."""
+    """Start the supervisor of a prepared container and wait until its VM is up (or failed).
+
+    The supervisor does nothing until it reads ``go`` on its stdin, which is sent only once its pid
+    is recorded in ``state.json``: if we are killed in between, it reads EOF and exits, so
+    ``vz oci rm -f`` can always stop what ``create`` started (docs/oci.md, "Crash safety").
+    """
     store = ContainerStore(cfg.containers_dir)
-    cdir = store.dir(container_id)
+    cdir = store.dir(container_id).resolve()  # is_supervisor() recognises it by this path
     listener = listen(cdir / SUPERVISOR_SOCKET)
     try:
         with open(cdir / SUPERVISOR_LOG, "ab") as log:
             # Not run.spawn(): that helper dies with its parent, and this one must outlive the CLI.
             proc = subprocess.Popen(
-                [sys.executable, "-m", "vz_linux.oci.supervisor", str(cdir), str(listener.fileno()),
+                [sys.executable, "-m", SUPERVISOR_MODULE, str(cdir), str(listener.fileno()),
                  json.dumps(asdict(_Settings.of(cfg)))],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(listener.fileno(),),
+                stdin=subprocess.PIPE, stdout=log, stderr=log, pass_fds=(listener.fileno(),),
                 start_new_session=True, close_fds=True,
             )
     finally:
         listener.close()
-    start = None
-    for _ in range(100):  # /proc/PID/stat appears at once; the loop only covers a racing reader
-        start = process_start_time(proc.pid)
-        if start is not None:
-            break
-        time.sleep(0.01)
-    store.update(container_id, supervisor_pid=proc.pid, supervisor_start=start)
+    assert proc.stdin is not None
+    with proc.stdin:
+        start = None
+        for _ in range(100):  # /proc/PID/stat appears at once; the loop only covers a racing reader
+            start = process_start_time(proc.pid)
+            if start is not None:
+                break
+            time.sleep(0.01)
+        store.update(container_id, supervisor_pid=proc.pid, supervisor_start=start)
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write(_GO)
     reply: dict[str, Any] = {}
     with contextlib.suppress(ContainerStateError), contextlib.closing(
             request(cdir, {"op": "ready"}, timeout=cfg.agent_ready_timeout + 120)) as replies:
@@ -335,6 +353,8 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str]) -> int:
     cdir, fd, settings = Path(argv[0]), int(argv[1]), _Settings(**json.loads(argv[2]))
+    if sys.stdin.buffer.readline() != _GO:
+        return 0  # the creating CLI died before recording us: nobody could stop us, so never start
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGHUP, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)

@@ -11,8 +11,8 @@ from typing import Any
 from ..arch import Architecture
 from ..bundle.model import KernelBundle, validate_bundle
 from ..bundle.resolve import KernelBundleOptions, ensure_kernel_bundle
-from ..errors import InvalidConfigError
-from ..layout import INITRAMFS, KERNEL, default_bundle_dir
+from ..errors import InvalidConfigError, MissingArtifactsError
+from ..layout import INITRAMFS, KERNEL, default_bundle_dir, trusted_out_root
 from ..profiles import KernelProfile
 from .linux_vm import VmConfig
 
@@ -45,7 +45,11 @@ class GuestSource:
         if self.arch is not None and self.arch is not Architecture.host():
             # The selection API installs host-arch bundles; another arch boots from its build tree.
             profile = self.profile or KernelProfile.developer
-            return validate_bundle(default_bundle_dir(profile, self.arch), profile=profile,
+            out_root = trusted_out_root()
+            if out_root is None:
+                raise MissingArtifactsError(f"no {profile.value} bundle for {self.arch} named",
+                                            hint="pass --bundle-dir (outside a source checkout)")
+            return validate_bundle(default_bundle_dir(profile, self.arch, out_root), profile=profile,
                                    require_exact_agent_version=self.version_check)
         return ensure_kernel_bundle(KernelBundleOptions(
             profile=self.profile, install_dir=self.install_dir, require_exact_agent_version=self.version_check))

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import socket
 import subprocess
 import tempfile
@@ -39,7 +38,7 @@ from ..errors import (
     VmError,
     VzLinuxError,
 )
-from ..fsutil import publish_dir
+from ..fsutil import owned_tempdir, publish_dir
 from ..layout import BundlePaths
 from ..run import spawn, terminate
 from ..version import AGENT_PROTOCOL_REVISION
@@ -68,6 +67,7 @@ ROOTFS_TAG = "rootfs"
 PANIC_MARKER = "Kernel panic"
 LOG_TAIL_LINES = 40
 QMP_CONNECT_TIMEOUT = 10.0
+WORKDIR_PREFIX = "vz-vm-"  # a VM's work dir: $TMPDIR/vz-vm-XXXXXXXX (sockets, logs)
 
 
 @dataclass(frozen=True)
@@ -231,9 +231,10 @@ class LinuxVm:
     def _start(self, incoming_fd: int | None = None) -> None:
         cfg = self.config
         # Unix socket paths are limited to 108 bytes: keep the work dir short (under /tmp by default).
-        self.workdir = Path(tempfile.mkdtemp(prefix="vz-vm-", dir=self._workdir_parent))
+        # Owned (fsutil.owned_tempdir): a work dir left by a VM owner that was SIGKILLed is removed here.
+        parent = self._workdir_parent or Path(tempfile.gettempdir())
+        self.workdir = self._stack.enter_context(owned_tempdir(parent, WORKDIR_PREFIX))
         workdir = self.workdir
-        self._stack.callback(shutil.rmtree, workdir, True)
         if self.serial_log is None:
             self.serial_log = workdir / "serial.log"
         self.serial_log.parent.mkdir(parents=True, exist_ok=True)
