@@ -21,6 +21,8 @@
 #define FILE_LIMIT (512u * 1024u)   /* read_file / write_file size limit */
 #define EVIDENCE_TAIL 4096u
 #define PROBE_TIMEOUT_MS 20000u
+#define ENTROPY_MIN 16u              /* RESTORED: bytes of host entropy accepted */
+#define ENTROPY_MAX 512u
 #define EXIT_GRACE_MS 2000          /* after the child is reaped, wait this long for its pipes' EOF */
 
 enum conn_kind { CONN_STREAM, CONN_SERIAL, CONN_STDIO };
@@ -56,7 +58,7 @@ struct exec {
 
 extern struct conn g_conns[MAX_CONNS];
 extern struct exec g_execs[MAX_EXECS];
-extern int g_allow_poweroff;
+extern int g_allow_poweroff; /* guest mode: POWEROFF and RESTORED allowed (never in the host test modes) */
 extern int64_t g_start_boottime_ns, g_start_monotonic_ns;
 
 int64_t now_ms(void);

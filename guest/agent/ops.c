@@ -5,12 +5,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/random.h>
 
 #include "agent.h"
 
@@ -287,6 +289,63 @@ static void do_poweroff(struct conn *c, const struct vz_frame *f, const struct v
     }
 }
 
+/* Mix the host's bytes into the input pool (credited) and force the CRNG to rekey from it, so
+ * guests restored from one snapshot stop sharing the saved RNG state (docs/PROTOCOL.md). */
+static int reseed(const uint8_t *p, uint32_t n, const char **what)
+{
+    uint32_t raw[2 + ENTROPY_MAX / 4]; /* struct rand_pool_info: entropy_count, buf_size, buf[] */
+    struct rand_pool_info *info = (struct rand_pool_info *)raw;
+    int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC), rc = -1;
+    *what = "open /dev/urandom";
+    if (fd < 0)
+        return -1;
+    info->entropy_count = (int)(n * 8);
+    info->buf_size = (int)n;
+    memcpy(raw + 2, p, n);
+    *what = "RNDADDENTROPY";
+    if (ioctl(fd, RNDADDENTROPY, info) == 0) {
+        *what = "RNDRESEEDCRNG";
+        rc = ioctl(fd, RNDRESEEDCRNG);
+    }
+    if (rc != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    close(fd);
+    return 0;
+}
+
+static void do_restored(struct conn *c, const struct vz_frame *f, const struct vz_simple_req *r)
+{
+    const char *what = "";
+    int64_t before = clock_ns(CLOCK_REALTIME);
+    struct timespec ts;
+    if (!r->has_realtime_ns || !r->has_data || r->data_len < ENTROPY_MIN || r->data_len > ENTROPY_MAX) {
+        send_error(c, f->id, VZ_E_BAD_PAYLOAD, "restored needs REALTIME_NS and DATA (16..512 bytes of entropy)");
+        return;
+    }
+    if (!g_allow_poweroff) {
+        /* --listen/--stdio run on a developer's host: never set its clock. */
+        send_error(c, f->id, VZ_E_NOT_PERMITTED, "restored is disabled in --listen/--stdio mode");
+        return;
+    }
+    ts.tv_sec = (time_t)(r->realtime_ns / 1000000000u);
+    ts.tv_nsec = (long)(r->realtime_ns % 1000000000u);
+    if (clock_settime(CLOCK_REALTIME, &ts) != 0) {
+        send_errno(c, f->id, "clock_settime", "", errno);
+        return;
+    }
+    if (reseed(r->data, r->data_len, &what) != 0) {
+        send_errno(c, f->id, what, "", errno);
+        return;
+    }
+    size_t s = reply_begin(VZ_MSG_OK, f->id);
+    put_u64(&g_frame, VZ_T_REALTIME_NS, (uint64_t)before);
+    reply_end(c, s);
+}
+
 void handle_frame(struct conn *c, const struct vz_frame *f)
 {
     struct vz_arena a = {g_arena_mem, sizeof g_arena_mem, 0};
@@ -326,6 +385,7 @@ void handle_frame(struct conn *c, const struct vz_frame *f)
     case VZ_MSG_PROBE: do_probe(c, f, &r); break;
     case VZ_MSG_POWEROFF: do_poweroff(c, f, &r); break;
     case VZ_MSG_FLOW: do_flow(c, f, &r); break;
+    case VZ_MSG_RESTORED: do_restored(c, f, &r); break;
     default: break;
     }
 }

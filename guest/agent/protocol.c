@@ -106,7 +106,7 @@ static char *arena_str(struct vz_arena *a, const struct vz_tlv *t)
 
 int vz_known_request(uint8_t type)
 {
-    return type >= VZ_MSG_HELLO && type <= VZ_MSG_FLOW;
+    return type >= VZ_MSG_HELLO && type <= VZ_MSG_RESTORED;
 }
 
 int vz_parse_exec(const struct vz_frame *f, struct vz_arena *a, struct vz_exec_req *r, const char **why)
@@ -178,6 +178,7 @@ int vz_parse_simple(const struct vz_frame *f, struct vz_arena *a, struct vz_simp
         case VZ_T_MAX_SIZE: num = &r->max_size; has = &r->has_max_size; break;
         case VZ_T_TIMEOUT_MS: num = &r->timeout_ms; has = &r->has_timeout_ms; break;
         case VZ_T_PAUSE: num = &r->pause; has = &r->has_pause; break;
+        case VZ_T_REALTIME_NS: num = &r->realtime_ns; has = &r->has_realtime_ns; break;
         default: break;
         }
         if (dst && !(*dst = arena_str(a, &t))) { *why = "string field contains NUL"; return -1; }

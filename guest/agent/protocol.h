@@ -6,7 +6,7 @@
 #include <stdint.h>
 
 /* Bumped on any incompatible change; must equal vz_linux.version.AGENT_PROTOCOL_REVISION. */
-#define VZ_AGENT_PROTOCOL_REVISION 1
+#define VZ_AGENT_PROTOCOL_REVISION 2
 
 #define VZ_MAGIC0 'V'
 #define VZ_MAGIC1 'Z'
@@ -30,6 +30,7 @@ enum {
     VZ_MSG_PROBE = 0x08,
     VZ_MSG_POWEROFF = 0x09,
     VZ_MSG_FLOW = 0x0A,      /* id = an exec's id: PAUSE 1 stops reading its output, 0 resumes */
+    VZ_MSG_RESTORED = 0x0B,/* restored from a snapshot: step the clock, reseed the RNG */
 };
 /* Message types: agent -> host */
 enum {
@@ -125,8 +126,9 @@ struct vz_simple_req {        /* every other request: the fields it may carry */
     const uint8_t *data;
     uint32_t data_len;
     int has_data, eof;
-    uint64_t exec_id, signal, mode, action, max_size, timeout_ms, pause;
-    int has_exec_id, has_signal, has_mode, has_action, has_max_size, has_timeout_ms, has_pause;
+    uint64_t exec_id, signal, mode, action, max_size, timeout_ms, pause, realtime_ns;
+    int has_exec_id, has_signal, has_mode, has_action, has_max_size, has_timeout_ms, has_pause,
+        has_realtime_ns;
 };
 
 /* 0 on success; -1 on malformed payload with a static reason in *why. */

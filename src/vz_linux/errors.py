@@ -182,6 +182,37 @@ class ExecOutputLimitError(AgentError):
     hint = "stream the output instead (exec_stream) or raise max_output"
 
 
+# --- snapshots and templates (docs/vm.md, "Snapshots and templates") ---------------------------
+class SnapshotError(VmError):
+    """Saving a VM failed (QEMU's migration to the state file failed or timed out)."""
+
+    exit_code = 80
+
+
+class SnapshotMismatchError(SnapshotError):
+    """A snapshot was made from another bundle, QEMU or VM shape than the one asked to restore it."""
+
+    exit_code = 81
+
+
+class SnapshotCorruptError(SnapshotError):
+    """A snapshot is missing, truncated, fails its checksum, or QEMU could not load it."""
+
+    exit_code = 82
+
+
+class SnapshotUnsupportedError(SnapshotError):
+    """The VM cannot be saved or restored: virtiofs shares block migration."""
+
+    exit_code = 83
+
+
+class TemplateError(SnapshotError):
+    """A template could not be made or kept in the cache, or a rebuilt one still failed to restore."""
+
+    exit_code = 84
+
+
 # --- OCI (docs/oci.md) -----------------------------------------------------------------------
 class OciError(VzLinuxError):
     exit_code = 50

@@ -19,6 +19,17 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def sha256_fd(fd: int) -> str:
+    """sha256 of everything an open file holds, read with ``pread``: the descriptor's offset (which a
+    child process may share) is left alone."""
+    h = hashlib.sha256()
+    offset = 0
+    while chunk := os.pread(fd, _CHUNK, offset):
+        h.update(chunk)
+        offset += len(chunk)
+    return h.hexdigest()
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 

@@ -47,6 +47,8 @@ def test_transport_and_limit_constants_match_the_agent() -> None:
     assert f'#define SERIAL_NAME "{proto.SERIAL_PORT_NAME}"\n' in main
     assert f"#define FILE_LIMIT ({proto.FILE_LIMIT // 1024}u * 1024u)" in limits
     assert f"#define STDIN_LIMIT ({STDIN_LIMIT >> 20}u << 20)" in limits
+    assert f"#define ENTROPY_MIN {proto.ENTROPY_MIN}u " in limits
+    assert f"#define ENTROPY_MAX {proto.ENTROPY_MAX}u\n" in limits
 
 
 def test_mismatched_revision_fails_the_build(tmp_path: Path) -> None:

@@ -7,9 +7,11 @@ processes from anyone else's on the machine.
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,3 +80,28 @@ def tiny_initramfs(tmp_path: Path, host_busybox: Path):
         return out
 
     return make
+
+
+@pytest.fixture
+def http_server() -> Iterator[tuple[str, bytes]]:
+    body = b"vz-linux http smoke body 7f3a\n"
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        # The guest reaches the host's loopback through QEMU user-net's host alias 10.0.2.2.
+        yield f"http://10.0.2.2:{srv.server_address[1]}/smoke", body
+    finally:
+        srv.shutdown()
+        srv.server_close()

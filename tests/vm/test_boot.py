@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import http.server
 import json
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,31 +56,6 @@ def test_vz_linux_run_streams_and_exits_with_the_code(container_bundle: Path) ->
     p = _cli("vz-linux", "run", "--bundle-dir", str(container_bundle), "--accel", "tcg", "--",
              "sh", "-c", "echo before; kill -TERM $$; echo after")
     assert (p.returncode, p.stdout) == (128 + 15, "before\n"), p.stderr
-
-
-@pytest.fixture
-def http_server() -> Iterator[tuple[str, bytes]]:
-    body = b"vz-linux http smoke body 7f3a\n"
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
-        # The guest reaches the host's loopback through QEMU user-net's host alias 10.0.2.2.
-        yield f"http://10.0.2.2:{srv.server_address[1]}/smoke", body
-    finally:
-        srv.shutdown()
-        srv.server_close()
 
 
 DMESG_LINE = re.compile(r"^\[\s*\d+\.\d+\] ")

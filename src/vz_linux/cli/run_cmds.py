@@ -14,6 +14,7 @@ from ..vm.accel import AccelChoice
 from ..vm.agent_protocol import Stream
 from ..vm.guest_source import GuestSource
 from ..vm.linux_vm import LinuxVm
+from ..vm.template import start_vm
 from .common import err_console
 
 _PATH = click.Path(path_type=Path)
@@ -48,6 +49,8 @@ def run_in_guest(vm: LinuxVm, argv: list[str], timeout: float | None) -> int:
 @click.option("--memory", "memory_mib", type=click.IntRange(32), default=256, show_default=True, help="MiB.")
 @click.option("--accel", type=click.Choice([a.value for a in AccelChoice]), default="auto", show_default=True)
 @click.option("--cmdline", "cmdline_extra", multiple=True, help="Extra kernel command-line word (repeatable).")
+@click.option("--cold", is_flag=True,
+              help="Boot from scratch instead of restoring this VM shape's template (made on first use).")
 @click.option("--boot-timeout", type=float, default=120.0, show_default=True, help="Seconds to agent-ready.")
 @click.option("--timeout", type=float, default=None, help="Kill the command after this many seconds.")
 @click.option("--serial-log", type=_PATH, help="Keep the guest's serial console here.")
@@ -55,19 +58,21 @@ def run_in_guest(vm: LinuxVm, argv: list[str], timeout: float | None) -> int:
 @click.argument("command", nargs=-1, required=True)
 def run_cmd(profile: str | None, bundle_dir: Path | None, kernel: Path | None, initramfs: Path | None,
             arch: str | None, rootfs_dir: Path | None, net: bool, cpus: int, memory_mib: int, accel: str,
-            cmdline_extra: tuple[str, ...], boot_timeout: float, timeout: float | None,
+            cmdline_extra: tuple[str, ...], cold: bool, boot_timeout: float, timeout: float | None,
             serial_log: Path | None, no_version_check: bool, command: tuple[str, ...]) -> int:
-    """Boot a guest, run COMMAND in it (after `--`), print its output, exit with its exit code."""
+    """Start a guest, run COMMAND in it (after `--`), print its output, exit with its exit code.
+
+    The guest is restored from its template (a saved, agent-ready VM of the same bundle and shape,
+    made on first use); --cold boots it instead, and so does --rootfs-dir (virtiofs blocks snapshots).
+    """
     if profile is not None and bundle_dir is not None:
         raise click.UsageError("give --profile or --bundle-dir, not both")
     source = GuestSource(bundle_dir=bundle_dir, profile=KernelProfile.parse(profile) if profile else None,
                          arch=Architecture.parse(arch) if arch else None, kernel=kernel, initramfs=initramfs,
                          version_check=not no_version_check)
-    config = source.vm_config(cpus=cpus, memory_mib=memory_mib, accel=AccelChoice.parse(accel),
-                              network=net, rootfs=rootfs_dir, cmdline_extra=cmdline_extra,
-                              serial_log=serial_log)
-    with LinuxVm(config) as vm:
-        vm.wait_for_agent(boot_timeout)
+    guest = source.resolve(cpus=cpus, memory_mib=memory_mib, accel=AccelChoice.parse(accel), network=net,
+                           rootfs=rootfs_dir, cmdline_extra=cmdline_extra, serial_log=serial_log)
+    with start_vm(guest.config, cold=cold, timeout=boot_timeout, known_sha256=guest.sha256) as vm:
         try:
             return run_in_guest(vm, list(command), timeout)
         except AgentError as e:

@@ -49,6 +49,7 @@ from ..errors import (
     InvalidConfigError,
 )
 from .agent_protocol import (
+    ENTROPY_BYTES,
     FILE_LIMIT,
     MAX_PAYLOAD,
     MAX_TIMEOUT_MS,
@@ -686,6 +687,15 @@ class AgentClient:
         except AgentError:
             if not self.broken:
                 raise
+
+    def restored(self, *, realtime_ns: int | None = None, entropy: bytes | None = None,
+                 timeout: float | None = None) -> int:
+        """Tell a guest restored from a snapshot the host's time (its clock is stepped to it) and fresh
+        entropy (its RNG is reseeded from it). Returns the guest's clock before the step (ns)."""
+        now = time.time_ns() if realtime_ns is None else realtime_ns
+        data = os.urandom(ENTROPY_BYTES) if entropy is None else entropy
+        f = self._request(Msg.RESTORED, [(Tag.REALTIME_NS, now), (Tag.DATA, data)], "restored", timeout)
+        return f.int(Tag.REALTIME_NS) or 0
 
 
 def _identity(f: Frame) -> tuple[int, int]:

@@ -21,6 +21,10 @@ FILE_LIMIT = 512 * 1024
 MAX_TIMEOUT_MS = 1 << 40  # the agent refuses a longer TIMEOUT_MS (a deadline must not overflow)
 VSOCK_PORT = 7424
 SERIAL_PORT_NAME = "org.vz.agent.0"
+# RESTORED carries this many bytes of host entropy (the agent accepts ENTROPY_MIN..ENTROPY_MAX).
+ENTROPY_BYTES = 64
+ENTROPY_MIN = 16
+ENTROPY_MAX = 512
 
 
 class Msg(enum.IntEnum):
@@ -34,6 +38,7 @@ class Msg(enum.IntEnum):
     PROBE = 0x08
     POWEROFF = 0x09
     FLOW = 0x0A
+    RESTORED = 0x0B
     OK = 0x80
     ERROR = 0x81
     STARTED = 0x82

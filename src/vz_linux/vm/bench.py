@@ -9,6 +9,11 @@ from host and guest clocks:
 * **init**   — that → the agent process started (hello carries its start in CLOCK_BOOTTIME);
 * **agent**  — agent start → hello answered on the host (agent setup, port open, round trip).
 
+A *restored* sample (``BenchGuest.restore``, ``vz-linux-bench --snapshot``) is QEMU spawned → the VM
+restored from its template answers and has its clock and RNG refreshed, split into **vmm** (spawn →
+the snapshot checked, QEMU told to load it), **load** (→ the guest runs again) and **agent** (→ hello
+answered and the clock and RNG refreshed). The template is made before the first sample.
+
 Statistics are nearest-rank percentiles over the samples. ``--compare`` interleaves the two
 guests A B A B … so drift (other load on the machine) hits both alike.
 """
@@ -22,7 +27,7 @@ import platform
 import re
 import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,18 +35,29 @@ from typing import Any
 from ..errors import AgentError, InvalidConfigError
 from ..fsutil import write_atomic
 from .linux_vm import LinuxVm, VmConfig
+from .template import TemplateBuild, ensure_template, restore_from_template, template_for
 
 GUEST_LOG_COMMAND = "dmesg | tail -n 120"
 RUN_INIT = re.compile(r"^\[\s*(\d+\.\d+)\]\s+Run (\S+) as init process", re.M)
 PHASES = ("vmm", "kernel", "init", "agent")
+RESTORE_PHASES = ("vmm", "load", "agent")
+ALL_PHASES = ("vmm", "load", "kernel", "init", "agent")  # table columns: cold and restored rows together
+COLD, RESTORED = "cold", "restored"
 
 
 @dataclass(frozen=True)
 class BenchGuest:
-    """One thing to boot: a label and a VM config."""
+    """One thing to boot (or, with ``restore``, to restore from its template): a label and a VM config."""
 
     label: str
     config: VmConfig
+    restore: bool = False
+    group: str | None = None  # what the plot puts in one row (the bundle); default: the label
+    sha256: Mapping[Path, str] = field(default_factory=dict)  # validated kernel/initramfs checksums
+
+    @property
+    def mode(self) -> str:
+        return RESTORED if self.restore else COLD
 
 
 @dataclass(frozen=True)
@@ -77,6 +93,7 @@ class BootSample:
     guest_log: str | None = None
     serial_log: str | None = None
     attempts: int = 0
+    mode: str = COLD
 
 
 @dataclass(frozen=True)
@@ -110,6 +127,9 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
 class GuestResult:
     label: str
     samples: list[BootSample] = field(default_factory=list)
+    group: str = ""
+    mode: str = COLD
+    template: TemplateBuild | None = None  # made for this run (restored guests)
 
     def total(self) -> Summary:
         return Summary.of([s.total_s for s in self.samples])
@@ -165,8 +185,7 @@ def http_smoke(vm: LinuxVm, url: str, timeout: float) -> str:
         time.sleep(0.2)  # retry pacing while the guest's DHCP lease arrives, not a readiness guess
 
 
-def boot_once(guest: BenchGuest, iteration: int, opts: BenchOptions,
-              log: Callable[[str], None] = lambda s: None) -> BootSample:
+def _sample_config(guest: BenchGuest, iteration: int, opts: BenchOptions) -> tuple[VmConfig, Path | None]:
     cfg = guest.config
     if "printk.time=1" not in cfg.cmdline_extra:
         cfg = replace(cfg, cmdline_extra=(*cfg.cmdline_extra, "printk.time=1"))
@@ -179,6 +198,23 @@ def boot_once(guest: BenchGuest, iteration: int, opts: BenchOptions,
         opts.serial_log_dir.mkdir(parents=True, exist_ok=True)
         serial = opts.serial_log_dir / f"{_slug(guest.label)}-{iteration:03d}.log"
         cfg = replace(cfg, serial_log=serial)
+    return cfg, serial
+
+
+def _after_ready(vm: LinuxVm, opts: BenchOptions) -> tuple[str | None, str | None]:
+    """The smoke fetch and guest log of one sample (after the measured interval)."""
+    body = http_smoke(vm, opts.http_smoke_url, opts.http_smoke_timeout_secs) if opts.http_smoke_url else None
+    guest_log = None
+    if opts.guest_log_command or opts.guest_logs:
+        guest_log = _guest_shell(vm, opts.guest_log_command or GUEST_LOG_COMMAND, opts.guest_log_timeout_secs)
+    return (body[:4096] if body is not None else None), guest_log
+
+
+def boot_once(guest: BenchGuest, iteration: int, opts: BenchOptions,
+              log: Callable[[str], None] = lambda s: None) -> BootSample:
+    if guest.restore:
+        return restore_once(guest, iteration, opts)
+    cfg, serial = _sample_config(guest, iteration, opts)
     attempts = 0
 
     def on_retry(n: int, elapsed: float) -> None:
@@ -196,13 +232,32 @@ def boot_once(guest: BenchGuest, iteration: int, opts: BenchOptions,
         # Everything below happens after the measured interval.
         dmesg = _guest_shell(vm, "dmesg", opts.guest_log_timeout_secs)
         phases = phases_from(vm, dmesg)
-        body = http_smoke(vm, opts.http_smoke_url, opts.http_smoke_timeout_secs) if opts.http_smoke_url else None
-        guest_log = None
-        if opts.guest_log_command or opts.guest_logs:
-            guest_log = _guest_shell(vm, opts.guest_log_command or GUEST_LOG_COMMAND, opts.guest_log_timeout_secs)
-    return BootSample(guest.label, iteration, total, phases, hello.release, rss,
-                      body[:4096] if body is not None else None, guest_log,
+        body, guest_log = _after_ready(vm, opts)
+    return BootSample(guest.label, iteration, total, phases, hello.release, rss, body, guest_log,
                       str(serial) if serial else None, attempts)
+
+
+def restore_once(guest: BenchGuest, iteration: int, opts: BenchOptions) -> BootSample:
+    """QEMU spawned → restored from the guest's template, agent answering, clock and RNG refreshed."""
+    cfg, serial = _sample_config(guest, iteration, opts)
+    with restore_from_template(cfg, timeout=opts.timeout_secs, known_sha256=guest.sha256) as vm:
+        t, r = vm.times, vm.restore_times
+        assert t is not None and r is not None
+        total = (r.synced_ns - t.spawned_ns) / 1e9
+        rss = vm.rss_bytes() if opts.measure_rss else None
+        phases: dict[str, float | None] = {"vmm": (r.load_started_ns - t.spawned_ns) / 1e9,
+                                           "load": (r.loaded_ns - r.load_started_ns) / 1e9,
+                                           "agent": (r.synced_ns - r.loaded_ns) / 1e9}
+        body, guest_log = _after_ready(vm, opts)
+    return BootSample(guest.label, iteration, total, phases, t.hello.release, rss, body, guest_log,
+                      str(serial) if serial else None, mode=RESTORED)
+
+
+def prepare_template(guest: BenchGuest, opts: BenchOptions) -> TemplateBuild | None:
+    """Make a restored guest's template before the measured samples (None: it was already there)."""
+    cfg, _ = _sample_config(guest, 0, replace(opts, serial_log_dir=None))
+    template = template_for(cfg, guest.sha256)
+    return ensure_template(template, cfg, timeout=opts.timeout_secs)[1]
 
 
 def _slug(label: str) -> str:
@@ -224,7 +279,12 @@ def run_bench(guests: Sequence[BenchGuest], opts: BenchOptions,
     labels = [g.label for g in guests]
     if len(set(labels)) != len(labels):
         raise InvalidConfigError(f"benchmark guests need distinct labels: {labels}")
-    results = {g.label: GuestResult(g.label) for g in guests}
+    results = {g.label: GuestResult(g.label, group=g.group or g.label, mode=g.mode) for g in guests}
+    for g in guests:
+        if g.restore and boot is None:
+            results[g.label].template = built = prepare_template(g, opts)
+            log(f"{g.label}: template " + (f"made in {built.seconds:.1f} s ({built.disk_bytes / 2**20:.0f} MiB)"
+                                           if built else "found in the cache"))
     do_boot = boot or boot_once
     for guest, i in interleave(guests, opts.iterations):
         sample = do_boot(guest, i, opts, log)
@@ -252,8 +312,10 @@ def summary_json(results: Sequence[GuestResult]) -> dict[str, Any]:
     for r in results:
         out[r.label] = {
             "total_s": asdict(r.total()),
-            "phases_s": {p: asdict(s) if (s := r.phase(p)) else None for p in (*PHASES, "kernel+init")},
+            "mode": r.mode,
+            "phases_s": {p: asdict(s) if (s := r.phase(p)) else None for p in (*ALL_PHASES, "kernel+init")},
             "rss_bytes": asdict(s) if (s := r.rss()) else None,
+            "template": {**asdict(r.template), "path": str(r.template.path)} if r.template else None,
         }
     if len(results) == 2:
         a, b = results

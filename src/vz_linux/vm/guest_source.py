@@ -3,7 +3,8 @@ explicit ``--kernel/--initramfs`` paths. Shared by ``vz-linux run`` and ``vz-lin
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,17 @@ from ..arch import Architecture
 from ..bundle.model import KernelBundle, validate_bundle
 from ..bundle.resolve import KernelBundleOptions, ensure_kernel_bundle
 from ..errors import InvalidConfigError, MissingArtifactsError
-from ..layout import default_bundle_dir, trusted_out_root
+from ..layout import INITRAMFS, KERNEL, default_bundle_dir, trusted_out_root
 from ..profiles import KernelProfile
 from .linux_vm import VmConfig
+
+
+@dataclass(frozen=True)
+class ResolvedGuest:
+    config: VmConfig
+    # Checksums of the kernel and initramfs that validation just vouched for (none for explicit files):
+    # templates key on them without hashing again.
+    sha256: Mapping[Path, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -46,15 +55,20 @@ class GuestSource:
             profile=self.profile, install_dir=self.install_dir, require_exact_agent_version=self.version_check))
 
     def vm_config(self, **overrides: Any) -> VmConfig:
+        return self.resolve(**overrides).config
+
+    def resolve(self, **overrides: Any) -> ResolvedGuest:
         if self.kernel is not None or self.initramfs is not None:
             if self.kernel is None or self.initramfs is None:
                 raise InvalidConfigError("--kernel and --initramfs go together")
             if self.bundle_dir is not None:
                 raise InvalidConfigError("give either --bundle-dir or --kernel/--initramfs, not both")
-            return VmConfig(kernel=self.kernel, initramfs=self.initramfs,
-                            arch=self.arch or Architecture.host(), **overrides)
+            return ResolvedGuest(VmConfig(kernel=self.kernel, initramfs=self.initramfs,
+                                          arch=self.arch or Architecture.host(), **overrides))
         bundle = self.bundle()
         assert bundle is not None
         if self.arch is not None and bundle.metadata.arch is not self.arch:
             raise InvalidConfigError(f"bundle {bundle.root} is for {bundle.metadata.arch}, not {self.arch}")
-        return VmConfig(kernel=bundle.kernel, initramfs=bundle.initramfs, arch=bundle.metadata.arch, **overrides)
+        config = VmConfig(kernel=bundle.kernel, initramfs=bundle.initramfs, arch=bundle.metadata.arch, **overrides)
+        checksums = bundle.metadata.artifact_checksums()
+        return ResolvedGuest(config, {bundle.kernel: checksums[KERNEL], bundle.initramfs: checksums[INITRAMFS]})

@@ -33,8 +33,17 @@ from types import TracebackType
 from typing import Any
 
 from ..arch import Architecture
-from ..errors import AgentError, AgentTimeoutError, GuestBootError, InvalidConfigError, VmError
-from ..fsutil import owned_tempdir
+from ..errors import (
+    AgentError,
+    AgentTimeoutError,
+    GuestBootError,
+    InvalidConfigError,
+    SnapshotCorruptError,
+    SnapshotError,
+    VmError,
+    VzLinuxError,
+)
+from ..fsutil import owned_tempdir, publish_dir
 from ..layout import BundlePaths
 from ..run import spawn, terminate
 from ..version import AGENT_PROTOCOL_REVISION
@@ -42,6 +51,22 @@ from .accel import AccelChoice, AccelVerdict, resolve_accel
 from .agent_client import AgentClient, AgentHello, ExecResult, ExecStream, ProbeResult
 from .guest_log import CappedLog
 from .qemu import Accel, QemuVm, Share, Transport, host_tsc_khz, vhost_vsock_available
+from .snapshot import (
+    STATE,
+    OpenSnapshot,
+    RestoreTimes,
+    SnapshotManifest,
+    Verifier,
+    check_file_sizes,
+    check_shape,
+    load_state,
+    open_snapshot,
+    qemu_version,
+    refuse_shares,
+    save_state,
+    vm_shape,
+    write_manifest,
+)
 from .virtiofsd import CacheMode, VirtiofsdConfig, virtiofsd
 
 ROOTFS_TAG = "rootfs"
@@ -175,6 +200,29 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def effective_accel(config: VmConfig) -> AccelVerdict:
+    """The accelerator a VM of ``config`` gets: KVM only when proven, and never for a foreign arch."""
+    verdict = resolve_accel(config.accel)
+    if verdict.accel is Accel.kvm and config.arch is not Architecture.host():
+        return AccelVerdict(Accel.tcg, f"{config.arch} guest on a {Architecture.host()} host: using TCG")
+    return verdict
+
+
+def describe(config: VmConfig, accel: Accel, workdir: Path, shares: tuple[Share, ...] = (),
+             *, incoming: bool = False) -> QemuVm:
+    """The QEMU description of ``config`` with its sockets in ``workdir`` (templates key on it too)."""
+    tcg_x86 = accel is Accel.tcg and config.arch is Architecture.x86_64 and Architecture.host() is Architecture.x86_64
+    return QemuVm(
+        arch=config.arch, kernel=config.kernel, initramfs=config.initramfs, cpus=config.cpus,
+        memory_mib=config.memory_mib, accel=accel, cmdline_extra=config.cmdline_extra,
+        fast_cmdline=config.fast_cmdline, serial_socket=workdir / "serial.sock", agent_socket=workdir / "agent.sock",
+        qmp_socket=workdir / "qmp.sock", network=config.network, shares=shares, hvc_console=config.hvc_console,
+        vsock_cid=config.vsock_cid if config.vsock_cid is not None and vhost_vsock_available() else None,
+        machine=config.machine, transport=config.transport,
+        tsc_khz=host_tsc_khz() if config.tell_tsc_rate and tcg_x86 else None, incoming=incoming,
+    )
+
+
 class LinuxVm:
     """One QEMU guest. Use as a context manager, or call :meth:`start` / :meth:`stop`."""
 
@@ -194,10 +242,12 @@ class LinuxVm:
         self.spawned_ns = 0
         self.vmm_ready_ns = 0
         self.times: BootTimes | None = None
+        self.restore_times: RestoreTimes | None = None  # set by restore()
 
     # --- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> LinuxVm:
-        self.start()
+        if self._proc is None:  # restore() hands out a VM that is already running
+            self.start()
         return self
 
     def __exit__(self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None) -> None:
@@ -221,7 +271,7 @@ class LinuxVm:
             self._stack.close()
             raise
 
-    def _start(self) -> None:
+    def _start(self, incoming_fd: int | None = None) -> None:
         cfg = self.config
         # Unix socket paths are limited to 108 bytes: keep the work dir short (under /tmp by default).
         # Owned (fsutil.owned_tempdir): a work dir left by a VM owner that was SIGKILLed is removed here.
@@ -235,34 +285,18 @@ class LinuxVm:
         serial_log = CappedLog(self.serial_log, cfg.serial_log_limit, fresh=True)
         self._stack.callback(serial_log.close)
 
-        self.accel = resolve_accel(cfg.accel)
-        if self.accel.accel is Accel.kvm and cfg.arch is not Architecture.host():
-            self.accel = AccelVerdict(Accel.tcg, f"{cfg.arch} guest on a {Architecture.host()} host: using TCG")
-
-        agent_path = workdir / "agent.sock"
-        qmp_path = workdir / "qmp.sock"
-        serial_path = workdir / "serial.sock"
-        self._agent_listener = self._listen(agent_path)
-        qmp_listener = self._listen(qmp_path)
-        serial_listener = self._listen(serial_path)
+        self.accel = effective_accel(cfg)
+        self._agent_listener = self._listen(workdir / "agent.sock")
+        qmp_listener = self._listen(workdir / "qmp.sock")
+        serial_listener = self._listen(workdir / "serial.sock")
         shares = self._start_virtiofsds(workdir)
 
-        tcg_x86 = (self.accel.accel is Accel.tcg and cfg.arch is Architecture.x86_64
-                   and Architecture.host() is Architecture.x86_64)
-
-        self.qemu = QemuVm(
-            arch=cfg.arch, kernel=cfg.kernel, initramfs=cfg.initramfs, cpus=cfg.cpus,
-            memory_mib=cfg.memory_mib, accel=self.accel.accel, cmdline_extra=cfg.cmdline_extra,
-            fast_cmdline=cfg.fast_cmdline, serial_socket=serial_path, agent_socket=agent_path,
-            qmp_socket=qmp_path, network=cfg.network, shares=tuple(shares), hvc_console=cfg.hvc_console,
-            vsock_cid=cfg.vsock_cid if cfg.vsock_cid is not None and vhost_vsock_available() else None,
-            machine=cfg.machine, transport=cfg.transport,
-            tsc_khz=host_tsc_khz() if cfg.tell_tsc_rate and tcg_x86 else None,
-        )
+        self.qemu = describe(cfg, self.accel.accel, workdir, tuple(shares), incoming=incoming_fd is not None)
         argv = self.qemu.argv()
         stderr = self._stack.enter_context(open(workdir / "qemu.stderr", "wb"))  # noqa: SIM115
         self.spawned_ns = time.monotonic_ns()
-        self._proc = self._stack.enter_context(spawn(argv, stderr=stderr, terminate_timeout=3.0))
+        self._proc = self._stack.enter_context(spawn(
+            argv, stderr=stderr, terminate_timeout=3.0, pass_fds=() if incoming_fd is None else (incoming_fd,)))
         # stop() ends QEMU before it unwinds the stack, so the pump sees EOF after the last byte.
         self._stack.callback(_SerialPump(serial_listener, serial_log).stop, self._proc)
         self._connect_qmp(qmp_listener)
@@ -418,6 +452,91 @@ class LinuxVm:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
         raise VmError("cannot read QEMU's VmRSS")
+
+    # --- snapshots (docs/vm.md, "Snapshots and templates") ---------------------------------------
+    def save(self, path: Path, *, resume: bool = True, timeout: float = 60.0) -> SnapshotManifest:
+        """Save the whole VM into the directory ``path`` (replaced atomically) and return its record.
+
+        The guest is paused while QEMU writes its state; ``resume=False`` leaves it paused (for a VM
+        that is stopped next, as a template's is). Raises :class:`SnapshotUnsupportedError` for a VM
+        with virtiofs shares, :class:`SnapshotError` when QEMU cannot save it.
+        """
+        refuse_shares([s.tag for s in self.config.all_shares()], "save")
+        if self._proc is None or self._qmp is None or self.qemu is None:
+            raise VmError("save() before start()")
+        hello = self.times.hello if self.times is not None else None
+        if self._client is not None:
+            # Every reply still in flight (a late answer to a resent hello) arrives before this one,
+            # so none is left in the saved channel to reach a restored copy's new client.
+            self._client.ping(timeout=timeout)
+        try:
+            with publish_dir(Path(path), replace=True) as stage:
+                save_state(self._qmp, stage / STATE, timeout)
+                return write_manifest(stage, self.qemu, qemu_version(self._qmp), hello)
+        except OSError as e:
+            raise SnapshotError(f"cannot write snapshot {path}: {e.strerror or e}",
+                                hint="save it to a writable directory") from e
+        finally:
+            if resume:
+                with contextlib.suppress(Exception):  # a QEMU that died here is reported by the caller's next use
+                    self._qmp.cmd("cont")
+
+    @classmethod
+    def restore(cls, path: Path, config: VmConfig, *, timeout: float = 60.0,
+                workdir_parent: Path | None = None) -> LinuxVm:
+        """A new VM from the snapshot at ``path``, running with its agent ready.
+
+        The snapshot must have been made from this ``config``'s kernel and initramfs, by this QEMU, for
+        a VM of the same shape (:class:`SnapshotMismatchError` otherwise); a short, unreadable or
+        corrupt state is :class:`SnapshotCorruptError`. Once the guest runs, the agent steps its clock
+        to the host's and reseeds its RNG. Stop the VM (or use it as a context manager) when done.
+        """
+        refuse_shares([s.tag for s in config.all_shares()], "restore")
+        vm = cls(config, workdir_parent=workdir_parent)
+        snap = open_snapshot(Path(path))
+        try:
+            check_file_sizes(snap, config.kernel, config.initramfs)
+            vm._start(incoming_fd=snap.state_fd)
+            vm._restore(snap, timeout)
+        except BaseException:
+            vm.stop()
+            raise
+        finally:
+            snap.close()
+        return vm
+
+    def _restore(self, snap: OpenSnapshot, timeout: float) -> None:
+        assert self.qemu is not None
+        check_shape(snap, vm_shape(self.qemu), qemu_version(self._qmp))
+        verifier = Verifier(snap, self.config.kernel, self.config.initramfs)
+        load_started = time.monotonic_ns()
+        try:
+            self._load(snap, timeout)
+            loaded = time.monotonic_ns()
+            self.wait_for_agent(timeout)
+        except VzLinuxError:
+            verifier.check()  # a bad checksum explains a failed load or a guest that never answered
+            raise
+        finally:
+            with contextlib.suppress(VzLinuxError):
+                verifier.check()  # joined on every path: the thread reads the descriptor we close next
+        verifier.check()
+        before = self.agent.restored()
+        now = time.monotonic_ns()
+        self.restore_times = RestoreTimes(snap.manifest.id, load_started, loaded, now,
+                                          time.time_ns() - before)
+
+    def _load(self, snap: OpenSnapshot, timeout: float) -> None:
+        assert self._proc is not None
+        try:
+            load_state(self._qmp, snap.state_fd, timeout)
+        except SnapshotError as e:
+            if not _exited(self._proc, 2.0):
+                raise
+            err = tail(self.workdir / "qemu.stderr", 5).strip() if self.workdir is not None else ""
+            raise SnapshotCorruptError(
+                f"QEMU could not load snapshot {snap.path} (exit code {self._proc.returncode})"
+                + (f": {err}" if err else ""), hint="save it again (templates are rebuilt by themselves)") from e
 
     def stop(self, timeout: float = 5.0) -> None:
         """Quit QEMU cleanly through QMP, then make sure (terminate/kill); tear down everything."""

@@ -98,6 +98,9 @@ class QemuVm:
     # TCG hands the guest the host's TSC; telling the guest its rate (x86 tsc_early_khz=) spares it a
     # PIT calibration that fails under TCG and leaves it on the 4 ms jiffies clock.
     tsc_khz: int | None = None
+    # Restoring a snapshot: QEMU starts with no guest running and waits for QMP migrate-incoming,
+    # so the snapshot can be checked against this VM before any state is loaded (docs/vm.md).
+    incoming: bool = False
     extra_args: tuple[str, ...] = field(default=())
 
     @property
@@ -174,6 +177,8 @@ class QemuVm:
             for i, share in enumerate(self.shares):
                 a += ["-chardev", f"socket,id=fs{i},path={qemu_opt(share.socket)}",
                       "-device", f"{self.virtio.device('vhost-user-fs')},chardev=fs{i},tag={share.tag}"]
+        if self.incoming:
+            a += ["-incoming", "defer"]
         a += list(self.extra_args)
         return a
 
