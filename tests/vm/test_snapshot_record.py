@@ -32,7 +32,7 @@ def config(tmp_path: Path) -> VmConfig:
 
 
 def _shape(config: VmConfig, workdir: Path, *, incoming: bool = False) -> VmShape:
-    return vm_shape(describe(config, Accel.tcg, workdir, workdir / "serial.log", incoming=incoming))
+    return vm_shape(describe(config, Accel.tcg, workdir, incoming=incoming))
 
 
 def test_shape_ignores_per_boot_paths_and_incoming(config: VmConfig) -> None:
