@@ -380,12 +380,20 @@ def install_bundle(
         if install_dir is None:
             install_dir = layout.default_install_dir(profile or src.metadata.profile)
         install_dir = Path(install_dir)
-        sizes = src.sizes()
-        if not _identical(_snapshot(install_dir), src.meta_bytes, sizes):
-            with install_lock(install_dir):
-                if not _identical(_snapshot(install_dir), src.meta_bytes, sizes):
-                    _install_locked(src, install_dir)
+        _install_unless_identical(src, install_dir, _install_locked)
         return bundle_from_metadata(install_dir, src.metadata)
+
+
+def _install_unless_identical(src: _Source, target: Path, install: Callable[[_Source, Path], None]) -> None:
+    """Run ``install`` under ``target``'s lock unless an identical intact install is there; checked
+    once without the lock (the common, fast case) and again under it (another process may have
+    installed meanwhile)."""
+    sizes = src.sizes()
+    if _identical(_snapshot(target), src.meta_bytes, sizes):
+        return
+    with install_lock(target):
+        if not _identical(_snapshot(target), src.meta_bytes, sizes):
+            install(src, target)
 
 
 def install_legacy(
@@ -408,11 +416,7 @@ def install_legacy(
     with _open_source(source) as src:
         check_selection(src.metadata, source, profile=KernelProfile.developer, required_capabilities=(),
                         require_exact_agent_version=require_exact_agent_version)
-        sizes = src.sizes()
-        if not _identical(_snapshot(root), src.meta_bytes, sizes):
-            with install_lock(root):
-                if not _identical(_snapshot(root), src.meta_bytes, sizes):
-                    _install_in_place_locked(src, root)
+        _install_unless_identical(src, root, _install_in_place_locked)
         return bundle_from_metadata(root, src.metadata)
 
 
