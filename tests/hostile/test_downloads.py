@@ -28,6 +28,8 @@ import pytest
 from vz_linux.build.sources import DownloadLimits, KernelPin, SourceKind, SourceSpec, acquire_source
 from vz_linux.errors import KernelSourceError
 
+from ..local_http import local_http_server
+
 PIN = KernelPin(series="6.1", version="6.1.7", debian_package="linux-source-6.1",
                 debian_tarball=Path("/usr/src/linux-source-6.1.tar.xz"), cache_schema="1")
 BIG = 8 << 20
@@ -90,17 +92,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @contextlib.contextmanager
 def _serve(handler: type[_Handler], tls: ssl.SSLContext | None = None) -> Iterator[str]:
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    httpd.daemon_threads = True
-    if tls is not None:
-        httpd.socket = tls.wrap_socket(httpd.socket, server_side=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"{'https' if tls else 'http'}://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with local_http_server(handler, tls) as port:
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}"
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import io
 import subprocess
 import sys
 import tarfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import pytest
 
 from vz_linux.build.sources import KernelPin, SourceKind, SourceSpec, acquire_source, read_pin
 from vz_linux.errors import KernelSourceError
+
+from ..local_http import local_http_server
 
 VZ_LINUX = Path(sys.executable).parent / "vz-linux"
 MAKEFILE = "# SPDX\nVERSION = 6\nPATCHLEVEL = 1\nSUBLEVEL = 7\nEXTRAVERSION =\nNAME = test\n"
@@ -45,14 +46,8 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     root = tmp_path / "www"
     root.mkdir()
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", root
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with local_http_server(handler) as port:
+        yield f"http://127.0.0.1:{port}", root
 
 
 def test_tarball_by_url_verified_and_extracted_once(server: tuple[str, Path], tmp_path: Path,

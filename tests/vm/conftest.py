@@ -11,7 +11,6 @@ import http.server
 import os
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from vz_linux.arch import Architecture
 from vz_linux.build.initramfs import minimal_busybox_archive
 from vz_linux.profiles import KernelProfile
 
+from ..local_http import local_http_server
 from .procs import processes_mentioning
 
 
@@ -96,12 +96,6 @@ def http_server() -> Iterator[tuple[str, bytes]]:
         def log_message(self, *args: object) -> None:
             pass
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
+    with local_http_server(Handler) as port:
         # The guest reaches the host's loopback through QEMU user-net's host alias 10.0.2.2.
-        yield f"http://10.0.2.2:{srv.server_address[1]}/smoke", body
-    finally:
-        srv.shutdown()
-        srv.server_close()
+        yield f"http://10.0.2.2:{port}/smoke", body
