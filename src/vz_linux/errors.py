@@ -103,6 +103,19 @@ class BuildError(VzLinuxError):
     exit_code = 33
 
 
+class NotReproducibleError(BuildError):
+    """Two builds of the same inputs gave different bytes (docs/reproducible.md)."""
+
+    exit_code = 23
+
+
+class BuildRootError(BuildError):
+    """The isolated build root (mmdebstrap + bubblewrap) could not be made or entered
+    (docs/reproducible.md, "Hermetic builds")."""
+
+    exit_code = 24
+
+
 class ToolMissingError(VzLinuxError):
     """A required host program is not installed."""
 

@@ -38,7 +38,7 @@ from .kbuild import tool_identity
 
 NAME = "crun"
 PINNED_VERSION = "1.8.1-1+deb12u1"  # bookworm's crun source package
-CACHE_SCHEMA = 1
+CACHE_SCHEMA = 2  # 2: no -g, build paths mapped (docs/reproducible.md)
 # -dev packages crun links statically, and the runtime packages holding their .a/.so siblings.
 LIBRARY_PACKAGES: tuple[str, ...] = (
     "libcap-dev", "libcap2", "libgcrypt20", "libgcrypt20-dev", "libgpg-error-dev", "libgpg-error0",
@@ -217,8 +217,11 @@ def _compile(source: CrunSource, arch: Architecture, libs: Libraries, work: Path
     libdir = libs.libdir(arch)
     (static / "libyajl.a").symlink_to(libdir / "libyajl_s.a")
     ldflags = f"-L{static}" + (f" -L{libdir}" if libs.sysroot is not None else "")
+    # No -g, and every build path mapped, so the binary does not depend on where it was built.
+    mapped = [(tree, "."), (work, "/build"), *([(libs.sysroot, "/sysroot")] if libs.sysroot is not None else [])]
+    maps = " ".join(f"-ffile-prefix-map={d}={to}" for d, to in mapped)
     configure = ["./configure", "--disable-systemd", "--enable-static", "--disable-shared",
-                 f"LDFLAGS={ldflags}"]
+                 f"LDFLAGS={ldflags}", f"CFLAGS=-O2 {maps}"]
     env = {"LC_ALL": "C", "SOURCE_DATE_EPOCH": "0"}
     if libs.sysroot is not None:
         inc = libs.sysroot / "usr" / "include"

@@ -24,6 +24,7 @@ from ..fsutil import write_text_if_changed
 from ..layout import cache_root
 from ..profiles import KernelCapability, KernelProfile
 from ..run import quote, spawn
+from .buildroot import current_identity
 from .kbuild import make_argv
 from .sources import KernelSource
 
@@ -43,8 +44,11 @@ class KernelInfo:
 
 # --- compile -----------------------------------------------------------------------------------
 def build_dir(profile: KernelProfile, arch: Architecture) -> Path:
-    """The persistent out-of-tree build dir of (profile, arch): incremental across builds."""
-    return cache_root() / "build" / f"{profile.value}-{arch.value}"
+    """The persistent out-of-tree build dir of (profile, arch): incremental across builds. A
+    hermetic build has its own (its objects must come from the build root's compiler)."""
+    hermetic = current_identity()
+    suffix = f"-root-{hermetic[:12]}" if hermetic else ""
+    return cache_root() / "build" / f"{profile.value}-{arch.value}{suffix}"
 
 
 # First-build estimates of kbuild's object lines (replaced by the real count after one build).

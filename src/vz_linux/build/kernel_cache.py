@@ -26,9 +26,14 @@ _STAGE_PREFIX = ".store-"  # every entry is staged under this name: a crashed st
 
 
 def cache_key(*, config_text: str, source_identity: str, toolchain: ToolchainInfo, schema: str,
-              arch: Architecture) -> str:
-    return hashing.cache_key({"config_sha256": sha256_text(config_text), "source": source_identity,
-                              "toolchain": toolchain.model_dump(), "schema": schema, "arch": arch.value})
+              arch: Architecture, buildroot: str | None = None) -> str:
+    """``buildroot``: the package-manifest sha256 of the hermetic build root the kernel is built in
+    (docs/reproducible.md); None on the host, whose keys stay as they were."""
+    parts: dict[str, object] = {"config_sha256": sha256_text(config_text), "source": source_identity,
+                                "toolchain": toolchain.model_dump(), "schema": schema, "arch": arch.value}
+    if buildroot is not None:
+        parts["buildroot"] = buildroot
+    return hashing.cache_key(parts)
 
 
 def kernels_root() -> Path:

@@ -25,6 +25,7 @@ from ..hashing import sha256_text
 from ..profiles import KernelCapability, KernelProfile
 from . import kernel_cache
 from .assemble import assemble_bundle
+from .buildroot import current_identity
 from .kbuild import toolchain_info
 from .kconfig import ResolvedConfig, resolve_config
 from .kernel import KernelInfo, ProgressFn, compile_kernel
@@ -152,7 +153,8 @@ def build_kernel(options: BuildOptions, *, pin: KernelPin | None = None
     config_text = report.resolved.config_text
     toolchain = toolchain_info(options.arch)
     key = kernel_cache.cache_key(config_text=config_text, source_identity=source.identity,
-                                 toolchain=toolchain, schema=pin.cache_schema, arch=options.arch)
+                                 toolchain=toolchain, schema=pin.cache_schema, arch=options.arch,
+                                 buildroot=current_identity())
     cached = None if options.rebuild_kernel else kernel_cache.lookup(key, options.arch)
     hit = cached is not None
     seconds = 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .. import layout
 from ..arch import Architecture
+from ..build.buildroot import current_identity, roots_dir, run_hermetic
 from ..build.kernel import CompileProgress, ProgressFn
 from ..build.pipeline import BuildOptions, BuildResult, ConfigReport, StageFn, build_bundle, config_report
 from ..build.sources import SourceSpec
@@ -95,11 +97,21 @@ def _stage_printer(label: str) -> StageFn:
 @click.option("--rebuild-kernel", is_flag=True, help="Compile the kernel even if the cache holds it.")
 @click.option("--kernel-only", is_flag=True, help="Stop after writing the kernel into the bundle dir.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=None, help="make -j (default: all cores).")
+@click.option("--hermetic", is_flag=True,
+              help="Build inside the isolated Debian build root (mmdebstrap + bubblewrap, no network; "
+                   "docs/reproducible.md).")
 @_source_options
-def build(profile: str, all_profiles: bool, arch: str | None, out: Path | None, rebuild_kernel: bool,
-          kernel_only: bool, jobs: int | None, kernel_source: str | None, kernel_source_sha256: str | None,
-          allow_http: bool) -> None:
+@click.pass_context
+def build(ctx: click.Context, profile: str, all_profiles: bool, arch: str | None, out: Path | None,
+          rebuild_kernel: bool, kernel_only: bool, jobs: int | None, hermetic: bool, kernel_source: str | None,
+          kernel_source_sha256: str | None, allow_http: bool) -> None:
     """Build guest-kernel bundles: checked config, cached kernel, userland, version.json."""
+    if hermetic and current_identity() is None:
+        # The same command, minus --hermetic, run by this interpreter inside the build root.
+        inner = [sys.executable, "-c", "from vz_linux.cli.main import main; main()",
+                 *(a for a in sys.argv[1:] if a != "--hermetic")]
+        err_console.print(f"[hermetic] build root: {roots_dir()} (made once with mmdebstrap)", markup=False)
+        ctx.exit(run_hermetic(inner))
     target = Architecture.parse(arch) if arch else Architecture.host()
     profiles = list(KernelProfile) if all_profiles else [KernelProfile.parse(profile)]
     for p in profiles:
