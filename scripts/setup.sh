@@ -34,6 +34,9 @@ APT_PACKAGES=(
   # distribution registry with htpasswd (bcrypt) basic auth
   openssh-client skopeo docker-registry apache2-utils
   python3-venv
+  # hermetic builds (docs/reproducible.md): the Debian build root is made by mmdebstrap (and entered
+  # with bubblewrap, above); benchmarks/check_reproducible.py explains differing files with diffoscope
+  mmdebstrap diffoscope-minimal
 )
 
 need_update=0

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from vz_linux import hashing
 from vz_linux.arch import Architecture
 from vz_linux.build import buildroot, kernel_cache
 from vz_linux.build.agent import agent_source_dir, build_agent
@@ -64,12 +65,19 @@ def test_agent_built_in_the_root_equals_the_host_build(root: buildroot.BuildRoot
 
 def test_hermetic_kernel_key_differs_host_key_unchanged() -> None:
     arch = Architecture.host()
-    args = {"config_text": "CONFIG_X=y\n", "source_identity": "s", "toolchain": toolchain_info(arch),
-            "schema": "1", "arch": arch}
-    host = kernel_cache.cache_key(**args)
-    assert kernel_cache.cache_key(**args, buildroot=None) == host
-    a, b = (kernel_cache.cache_key(**args, buildroot=c * 64) for c in "ab")
-    assert len({host, a, b}) == 3
+    toolchain = toolchain_info(arch)
+
+    def key(buildroot: str | None) -> str:
+        return kernel_cache.cache_key(config_text="CONFIG_X=y\n", source_identity="s", toolchain=toolchain,
+                                      schema="1", arch=arch, buildroot=buildroot)
+
+    host = kernel_cache.cache_key(config_text="CONFIG_X=y\n", source_identity="s", toolchain=toolchain,
+                                  schema="1", arch=arch)
+    # The host key is the same dict as before hermetic builds existed: no "buildroot" entry at all.
+    assert host == hashing.cache_key({"config_sha256": sha256_text("CONFIG_X=y\n"), "source": "s",
+                                      "toolchain": toolchain.model_dump(), "schema": "1", "arch": arch.value})
+    assert key(None) == host
+    assert len({host, key("a" * 64), key("b" * 64)}) == 3
 
 
 def test_identity_env_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -32,7 +32,8 @@ def test_built_is_the_build_epoch_not_the_clock(monkeypatch: pytest.MonkeyPatch)
 
 def test_compare_reports_a_differing_file_with_diffoscope_detail(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
-    a.mkdir(), b.mkdir()
+    a.mkdir()
+    b.mkdir()
     (a / "version.json").write_text('{"built": "2026-01-01T00:00:00Z"}\n')
     (b / "version.json").write_text('{"built": "2026-01-11T00:00:00Z"}\n')
     (a / "same").write_text("x")
