@@ -67,15 +67,18 @@ def test_hermetic_kernel_key_differs_host_key_unchanged() -> None:
     arch = Architecture.host()
     toolchain = toolchain_info(arch)
 
+    env = {"SOURCE_DATE_EPOCH": "1"}
+
     def key(buildroot: str | None) -> str:
         return kernel_cache.cache_key(config_text="CONFIG_X=y\n", source_identity="s", toolchain=toolchain,
-                                      schema="1", arch=arch, buildroot=buildroot)
+                                      schema="1", arch=arch, build_env=env, buildroot=buildroot)
 
     host = kernel_cache.cache_key(config_text="CONFIG_X=y\n", source_identity="s", toolchain=toolchain,
-                                  schema="1", arch=arch)
-    # The host key is the same dict as before hermetic builds existed: no "buildroot" entry at all.
+                                  schema="1", arch=arch, build_env=env)
+    # The host key is the same dict as without hermetic builds: no "buildroot" entry at all.
     assert host == hashing.cache_key({"config_sha256": sha256_text("CONFIG_X=y\n"), "source": "s",
-                                      "toolchain": toolchain.model_dump(), "schema": "1", "arch": arch.value})
+                                      "toolchain": toolchain.model_dump(), "schema": "1", "arch": arch.value,
+                                      "build_env": env})
     assert key(None) == host
     assert len({host, key("a" * 64), key("b" * 64)}) == 3
 
