@@ -238,12 +238,16 @@ def pinned_kernel_packages() -> tuple[str, ...]:
     return tuple(sorted({read_pin(p).debian_package for p in (top / "linux").glob("kernel-version*.mk")}))
 
 
-def run_hermetic(argv: Sequence[str], *, log: Path | None = None) -> int:
-    """Make (or reuse) the default build root and run ``argv`` in it with this checkout and the
-    build cache bound; returns the command's exit code (its output goes to ours)."""
+def run_hermetic(argv: Sequence[str], *, outputs: Sequence[Path] = (), log: Path | None = None) -> int:
+    """Make (or reuse) the default build root and run ``argv`` in it with this checkout, the build
+    cache and ``outputs`` (directories, made if missing) bound; returns the command's exit code
+    (its output goes to ours)."""
     if current_identity() is not None:
         raise BuildRootError("already inside a build root")
     root = ensure_root(default_spec(pinned_kernel_packages()), log=log)
-    top = checkout_binds()
-    proc = run(enter_argv(root, argv, binds=top, cwd=top[0]), check=False, capture=False)
+    binds = checkout_binds()
+    for out in outputs:
+        out.mkdir(parents=True, exist_ok=True)
+        binds.append(out.resolve())
+    proc = run(enter_argv(root, argv, binds=binds, cwd=binds[0]), check=False, capture=False)
     return proc.returncode

@@ -115,7 +115,8 @@ def build(ctx: click.Context, profile: str, all_profiles: bool, arch: str | None
         inner = [sys.executable, "-c", "from vz_linux.cli.main import main; main()",
                  *(a for a in sys.argv[1:] if a != "--hermetic")]
         err_console.print(f"[hermetic] build root: {roots_dir()} (made once with mmdebstrap)", markup=False)
-        ctx.exit(run_hermetic(inner))
+        # --out may lie outside the checkout: its parent is bound too (the build swaps the dir in).
+        ctx.exit(run_hermetic(inner, outputs=[out.absolute().parent] if out is not None else []))
     target = Architecture.parse(arch) if arch else Architecture.host()
     profiles = list(KernelProfile) if all_profiles else [KernelProfile.parse(profile)]
     for p in profiles:
