@@ -48,6 +48,8 @@ def main() -> int:
     if args.reuse_crun and not args.userland_only:
         ap.error("--reuse-crun needs --userland-only")
     work = args.keep or Path(tempfile.mkdtemp(prefix="vz-linux-repro-"))
+    if args.keep is None:
+        work.chmod(0o755)  # build B runs as another user
     arch = Architecture.parse(args.arch) if args.arch else Architecture.host()
     figures = Figures(dimensions={"arch": arch.value, "profile": args.profile,
                                   "mode": "userland" if args.userland_only else "full"})

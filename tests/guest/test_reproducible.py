@@ -3,7 +3,9 @@ another user, another time — give byte-identical initramfs.img, version.json, 
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,11 +55,20 @@ def test_compare_reports_a_differing_file_with_diffoscope_detail(tmp_path: Path)
 @pytest.mark.kernel
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_two_userland_builds_are_byte_identical(tmp_path: Path) -> None:
+def test_two_userland_builds_are_byte_identical() -> None:
     """The CI-sized double build: the cached kernel and crun, the agent compiled twice, initramfs and
     version.json written twice; build B from a deeper copy of the checkout, as uid 65534, ten days
-    later."""
-    result = doublebuild.double_build(tmp_path / "w", reuse_crun=True)
+    later. (Not in tmp_path: pytest's base dir is 0700, and B's user must reach its tree.)"""
+    work = Path(tempfile.mkdtemp(prefix="vz-linux-repro-test-"))
+    work.chmod(0o755)
+    try:
+        result = doublebuild.double_build(work / "w", reuse_crun=True)
+        _check(result)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _check(result: doublebuild.DoubleBuild) -> None:
     arch = Architecture.host()
     assert set(result.compared) >= {*layout.BUNDLE_FILES, f"agent/{arch.value}/vz-agent"}
     assert result.b.top != result.a.top and result.b.other_user and result.b.clock_offset_days

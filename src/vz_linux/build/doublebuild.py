@@ -81,19 +81,25 @@ def copy_checkout(top: Path, dest: Path) -> Path:
 _SHARED_INPUTS = ("downloads", "busybox")
 
 
-def seed_cache(cache: Path, shared: Path, *, kernel: bool, reuse_crun: bool) -> None:
+def seed_cache(cache: Path, shared: Path, *, kernel: bool, reuse_crun: bool, kconfig: Path | None = None) -> None:
+    """``kconfig``: where to copy the resolved-config memo from (default: the shared cache's)."""
     cache.mkdir(parents=True)
     names = [*_SHARED_INPUTS, *([] if kernel else ["kernels"])]
     for name in names:
         if (shared / name).exists():
             (cache / name).symlink_to(shared / name)
+    if not kernel:
+        # The kernel must come from the cache: a key miss fails at once instead of compiling for
+        # half an hour (the kernel build dir cannot be made under a file).
+        (cache / "build").write_text("userland-only double build: no kernel compiles here\n")
     # The extracted kernel trees are shared; sources/ itself is ours (its memo file is rewritten).
     (cache / "sources").mkdir()
     for tree in (shared / "sources").glob("linux-*"):
         if tree.is_dir():
             (cache / "sources" / tree.name).symlink_to(tree)
-    if (shared / "kconfig").is_dir():
-        shutil.copytree(shared / "kconfig", cache / "kconfig", symlinks=True)  # a memo: written to
+    memo = kconfig or shared / "kconfig"
+    if memo.is_dir():
+        shutil.copytree(memo, cache / "kconfig", symlinks=True)  # a memo: written to
     (cache / "crun").mkdir()
     for name in ("source", "sysroot", *(["bin"] if reuse_crun else [])):
         if (shared / "crun" / name).exists():
@@ -125,19 +131,45 @@ def build_argv(v: Variant, profile: KernelProfile, arch: Architecture) -> list[s
             "--profile", profile.value, "--arch", arch.value, "--out", str(v.out)]
 
 
+def _tool_homes() -> dict[str, str]:
+    """The caller's rustup/cargo homes, kept when HOME changes: the kernel's Kconfig runs ``rustc
+    --version`` (CONFIG_RUSTC_VERSION), and rustup's proxy finds no toolchain under another HOME —
+    the same inputs include the same tools (docs/reproducible.md, "Found and fixed")."""
+    home = Path(os.environ.get("HOME", "/nonexistent"))
+    homes = {"RUSTUP_HOME": home / ".rustup", "CARGO_HOME": home / ".cargo"}
+    return {name: os.environ.get(name, str(path)) for name, path in homes.items()
+            if name in os.environ or path.is_dir()}
+
+
+def _real_clock_shims(v: Variant) -> None:
+    """Under faketime, rustup's ``rustc`` proxy fails (its runtime rejects the faked clock), and
+    the kernel's Kconfig, which asks ``rustc --version``, would record CONFIG_RUSTC_VERSION=0: a
+    shim first on B's PATH runs it with the real clock (it only reports its version)."""
+    rustc = shutil.which("rustc")
+    if not v.clock_offset_days or rustc is None:
+        return
+    shims = v.home / "real-clock-bin"
+    shims.mkdir(parents=True, exist_ok=True)
+    (shims / "rustc").write_text(f'#!/bin/sh\nunset LD_PRELOAD FAKETIME\nexec {rustc} "$@"\n')
+    (shims / "rustc").chmod(0o755)
+
+
 def _env(v: Variant) -> dict[str, str]:
     env = {k: val for k, val in os.environ.items() if k not in ("SOURCE_DATE_EPOCH", "VZ_LINUX_CACHE_DIR")}
-    return {**env, "PYTHONPATH": str(v.top / "src"), "VZ_LINUX_CACHE_DIR": str(v.cache), "HOME": str(v.home),
-            "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
+    shims = v.home / "real-clock-bin"
+    path = f"{shims}:{env.get('PATH', '')}" if shims.is_dir() else env.get("PATH", "")
+    return {**env, **_tool_homes(), "PATH": path, "PYTHONPATH": str(v.top / "src"),
+            "VZ_LINUX_CACHE_DIR": str(v.cache), "HOME": str(v.home), "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
 
 
-def prepare(v: Variant, *, kernel: bool, reuse_crun: bool) -> None:
+def prepare(v: Variant, *, kernel: bool, reuse_crun: bool, kconfig: Path | None = None) -> None:
     top = source_checkout()
     if top is None:
         raise BuildError("the reproducibility check needs a vz-linux source checkout")
     copy_checkout(top, v.top)
-    seed_cache(v.cache, cache_root(), kernel=kernel, reuse_crun=reuse_crun)
+    seed_cache(v.cache, cache_root(), kernel=kernel, reuse_crun=reuse_crun, kconfig=kconfig)
     v.home.mkdir(parents=True)
+    _real_clock_shims(v)
     v.out.parent.mkdir(parents=True)
     if v.other_user:
         if os.geteuid() != 0:
@@ -185,13 +217,19 @@ def compare(a: dict[str, Path], b: dict[str, Path]) -> tuple[list[str], list[Fil
 def double_build(work: Path, *, profile: KernelProfile = KernelProfile.container,
                  arch: Architecture | None = None, kernel: bool = False, reuse_crun: bool = False
                  ) -> DoubleBuild:
-    """Build twice under ``work`` (which must not exist) and compare; see the module docstring."""
+    """Build twice under ``work`` (which must not exist; its parents must be world-traversable)
+    and compare; see the module docstring."""
     arch = arch or Architecture.host()
+    # Build B's user reaches its own tree without capabilities (which() and access() ignore them):
+    # ``work`` and its parents must be traversable by everyone.
+    work.mkdir(parents=True)
+    work.chmod(0o755)
     a, b = make_variants(work)
     result = DoubleBuild(a, b)
-    for v in (a, b):
-        prepare(v, kernel=kernel, reuse_crun=reuse_crun)
-        result.seconds[v.name] = run_build(v, profile, arch, work / f"build-{v.name}.log")
+    prepare(a, kernel=kernel, reuse_crun=reuse_crun)
+    result.seconds[a.name] = run_build(a, profile, arch, work / "build-a.log")
+    prepare(b, kernel=kernel, reuse_crun=reuse_crun, kconfig=a.cache / "kconfig")
+    result.seconds[b.name] = run_build(b, profile, arch, work / "build-b.log")
     result.compared, result.diffs = compare(built_files(a), built_files(b))
     return result
 
