@@ -12,7 +12,7 @@ import pytest
 
 from vz_linux import hashing
 from vz_linux.arch import Architecture
-from vz_linux.build import buildroot, kernel_cache
+from vz_linux.build import buildroot, crun, kernel_cache
 from vz_linux.build.agent import agent_source_dir, build_agent
 from vz_linux.build.kbuild import toolchain_info
 from vz_linux.errors import BuildRootError
@@ -102,3 +102,12 @@ def test_host_mirrors_come_from_deb822_sources(tmp_path: Path) -> None:
                                                 "deb http://deb.debian.org/debian bookworm-updates main")
     with pytest.raises(BuildRootError):
         buildroot.host_mirrors(tmp_path / "none")
+
+
+def test_crun_key_gains_the_root_only_inside_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    source = crun.CrunSource(tree=Path("/nonexistent"), version=crun.PINNED_VERSION, dsc_sha256="d" * 64)
+    libs = crun.Libraries(None, {"libcap2": "1"})
+    monkeypatch.delenv(buildroot.IDENTITY_ENV, raising=False)
+    host = crun.cache_key(source, Architecture.x86_64, "gcc 12", libs)
+    monkeypatch.setenv(buildroot.IDENTITY_ENV, "e" * 64)
+    assert crun.cache_key(source, Architecture.x86_64, "gcc 12", libs) != host

@@ -34,6 +34,7 @@ from ..hashing import sha256_file
 from ..layout import cache_root, source_checkout
 from ..run import run
 from . import debian
+from .buildroot import current_identity
 from .kbuild import tool_identity
 
 NAME = "crun"
@@ -157,11 +158,18 @@ def patches() -> list[Path]:
 
 
 def cache_key(source: CrunSource, arch: Architecture, toolchain: str, libs: Libraries) -> str:
-    return hashing.cache_key({
+    parts: dict[str, object] = {
         "schema": CACHE_SCHEMA, "source": source.version, "dsc": source.dsc_sha256,
         "arch": arch.value, "toolchain": toolchain, "libraries": libs.versions,
         "patches": [(p.name, sha256_file(p)) for p in patches()],
-    })
+    }
+    # configure probes more of the system than the compiler and these libraries: built in the
+    # hermetic root, crun differs from the host's build (docs/reproducible.md), so it is keyed by
+    # the root's package manifest there; host keys are unchanged.
+    root = current_identity()
+    if root is not None:
+        parts["buildroot"] = root
+    return hashing.cache_key(parts)
 
 
 def ensure_crun(arch: Architecture, version: str = PINNED_VERSION) -> OciRuntime:
