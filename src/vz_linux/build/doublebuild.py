@@ -4,10 +4,13 @@ moved on — and compare every bundle file byte for byte, with ``diffoscope`` de
 differ.
 
 Each build runs ``vz-linux build`` from its own checkout copy (``PYTHONPATH=<copy>/src``) with its
-own build cache. What the cache shares decides what is built twice: the kernel image, kernel
-sources, kconfig memo and BusyBox are shared unless ``kernel=True`` (then the kernel is compiled
-twice, in two build dirs); the guest agent is always built twice; crun is built twice unless
-``reuse_crun`` (the CI-sized check of the assembly).
+own build cache. What the cache shares decides what is built twice: the extracted kernel sources,
+downloads and BusyBox are always shared, the kernel image too unless ``kernel=True`` (then it is
+compiled twice, in two build dirs; otherwise a cache miss fails at once); the resolved-config memo
+is copied; the guest agent is always built twice; crun is built twice unless ``reuse_crun`` (the
+CI-sized check of the assembly). The caller's tools stay the same for both builds (its rustup
+homes; a real-clock ``rustc`` shim under faketime): the check varies directory, user and time, not
+the toolchain.
 """
 
 from __future__ import annotations
