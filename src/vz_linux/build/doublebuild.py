@@ -5,8 +5,9 @@ differ.
 
 Each build runs ``vz-linux build`` from its own checkout copy (``PYTHONPATH=<copy>/src``) with its
 own build cache. What the cache shares decides what is built twice: the extracted kernel sources,
-downloads and BusyBox are always shared, the kernel image too unless ``kernel=True`` (then it is
-compiled twice, in two build dirs; otherwise a cache miss fails at once); the resolved-config memo
+downloads and BusyBox are always shared, the kernel image too unless ``kernel=True`` (then each
+build extracts its own source tree and compiles the kernel in its own build dir; otherwise a cache
+miss fails at once); the resolved-config memo
 is copied; the guest agent is always built twice; crun is built twice unless ``reuse_crun`` (the
 CI-sized check of the assembly). The caller's tools stay the same for both builds (its rustup
 homes; a real-clock ``rustc`` shim under faketime): the check varies directory, user and time, not
@@ -95,9 +96,11 @@ def seed_cache(cache: Path, shared: Path, *, kernel: bool, reuse_crun: bool, kco
         # The kernel must come from the cache: a key miss fails at once instead of compiling for
         # half an hour (the kernel build dir cannot be made under a file).
         (cache / "build").write_text("userland-only double build: no kernel compiles here\n")
-    # The extracted kernel trees are shared; sources/ itself is ours (its memo file is rewritten).
+    # sources/ is ours (its memo file is rewritten). Without the kernel the extracted trees are
+    # shared; with it each build extracts its own, so the kernel sees two source directories
+    # (and another user runs the tree's scripts without borrowed rights).
     (cache / "sources").mkdir()
-    for tree in (shared / "sources").glob("linux-*"):
+    for tree in [] if kernel else (shared / "sources").glob("linux-*"):
         if tree.is_dir():
             (cache / "sources" / tree.name).symlink_to(tree)
     memo = kconfig or shared / "kconfig"
