@@ -4,11 +4,10 @@ moved on — and compare every bundle file byte for byte, with ``diffoscope`` de
 differ.
 
 Each build runs ``vz-linux build`` from its own checkout copy (``PYTHONPATH=<copy>/src``) with its
-own build cache. What the cache shares decides what is built twice: the extracted kernel sources,
-downloads and BusyBox are always shared, the kernel image too unless ``kernel=True`` (then each
-build extracts its own source tree and compiles the kernel in its own build dir; otherwise a cache
-miss fails at once); the resolved-config memo
-is copied; the guest agent is always built twice; crun is built twice unless ``reuse_crun`` (the
+own build cache. What the cache shares decides what is built twice: downloads and BusyBox are
+always shared; the extracted kernel sources and the kernel image too unless ``kernel=True`` (then
+each build extracts its own source tree and compiles the kernel in its own build dir; otherwise a
+cache miss fails at once); the resolved-config memo is copied; the guest agent is always built twice; crun is built twice unless ``reuse_crun`` (the
 CI-sized check of the assembly). The caller's tools stay the same for both builds (its rustup
 homes; a real-clock ``rustc`` shim under faketime): the check varies directory, user and time, not
 the toolchain.
