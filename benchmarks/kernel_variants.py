@@ -88,6 +88,8 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=5)
     ap.add_argument("--timeout-secs", type=float, default=90.0)
     ap.add_argument("--kspp", action="store_true", help="also each KSPP command-line setting on 6.12")
+    ap.add_argument("--also", action="append", default=[], metavar="LABEL=KEY",
+                    help="also boot the cached kernel whose key starts with KEY (e.g. an A/B config)")
     args = ap.parse_args()
     print(f"# machine: {json.dumps(host_info())}")
     kernels = {s: cached_kernel(s) for s in ("6.12", "6.1")}
@@ -97,6 +99,11 @@ def main() -> int:
     if args.kspp:
         guests += [BenchGuest(f"6.12 +{a}", replace(base, cmdline_extra=(a,))) for a in KSPP_CMDLINE]
         guests.append(BenchGuest("6.12 +adopted", replace(base, hardening_cmdline=True)))
+    for spec in args.also:
+        label, _, key = spec.partition("=")
+        [entry] = list((cache_root() / "kernels").glob(f"{key}*"))
+        kernels[label] = (entry / "vmlinux", json.loads((entry / "kernel.json").read_text()))
+        guests.append(BenchGuest(label, replace(base, kernel=entry / "vmlinux")))
     opts = BenchOptions(iterations=args.iterations, timeout_secs=args.timeout_secs)
     results = {g.label: GuestResult(g.label) for g in guests}
     started = time.time()
@@ -116,7 +123,7 @@ def main() -> int:
         if (rss := r.rss()) is not None:
             figure(f"rss_p50[{name}]", round(rss.median / 2**20, 1), "MiB")
     for series, (image, meta) in kernels.items():
-        name = series.replace(".", "_")
+        name = series.replace(".", "_").replace(" ", "_")
         figure(f"vmlinux_stripped[{name}]", stripped_size(image), "bytes")
         figure(f"compile_seconds[{name}]", meta.get("compile_seconds", "?"), "s")
         figure(f"cache_key[{name}]", str(meta.get("key", "?"))[:12], "-")
