@@ -12,7 +12,9 @@ SUDO=""
 APT_PACKAGES=(
   # kernel build
   build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils zstd kmod
-  linux-source-6.1 gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu
+  # the default kernel pin (linux/kernel-version.mk) and the 6.1 pin (linux/kernel-version-6.1.mk)
+  linux-source-6.12 linux-source-6.1
+  gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu
   # aarch64 static links (crun, agent) need the cross libc.a
   libc6-dev-arm64-cross
   # guest userland

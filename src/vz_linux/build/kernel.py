@@ -86,6 +86,13 @@ def _tail(path: Path, lines: int = 25) -> str:
         return ""
 
 
+def _prepare(builddir: Path, config_text: str) -> None:
+    # Unchanged text keeps the file's mtime, so make only rebuilds what changed.
+    write_text_if_changed(builddir / ".config", config_text)
+    # The built-in initramfs is only regenerated when its inputs change, and it carries mtimes.
+    (builddir / "usr" / "initramfs_data.cpio").unlink(missing_ok=True)
+
+
 def compile_kernel(
     source: KernelSource,
     config_text: str,
@@ -114,10 +121,7 @@ def compile_kernel(
         total = _ESTIMATED_OBJECTS[profile]
     jobs = jobs or os.cpu_count() or 1
     with FileLock(str(builddir) + ".lock"):
-        # Unchanged text keeps the file's mtime, so make only rebuilds what changed.
-        write_text_if_changed(builddir / ".config", config_text)
-        # The built-in initramfs is only regenerated when its inputs change, and it carries mtimes.
-        (builddir / "usr" / "initramfs_data.cpio").unlink(missing_ok=True)
+        _prepare(builddir, config_text)
         env = kbuild_env(source.tree, builddir, epoch)
         prefix = ["nice", "-n", str(nice)] if nice else []
         argv = [*prefix, *make_argv(source, builddir, arch, f"-j{jobs}", arch.kernel_make_target)]

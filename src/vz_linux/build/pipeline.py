@@ -29,6 +29,7 @@ from .buildroot import current_identity
 from .kbuild import toolchain_info
 from .kconfig import ResolvedConfig, resolve_config
 from .kernel import KernelInfo, ProgressFn, compile_kernel
+from .kspp import KsppReport, kspp_report
 from .reproducible import build_epoch, kbuild_identity
 from .sources import KernelPin, KernelSource, SourceSpec, acquire_source, select_pin
 
@@ -68,6 +69,12 @@ class ConfigReport:
     def ok(self) -> bool:
         return not self.resolved.failures and not self.missing
 
+    @property
+    def kspp(self) -> KsppReport | None:
+        """The KSPP recommended settings met and missed (reported for the container profile only)."""
+        r = self.resolved
+        return kspp_report(r.config, r.arch) if r.profile is KernelProfile.container else None
+
     def to_json(self) -> dict[str, Any]:
         """What ``vz-linux config --json`` prints for this (profile, arch)."""
         r = self.resolved
@@ -88,6 +95,10 @@ class ConfigReport:
                 for c in r.checks
             ],
             "ok": self.ok,
+            **({"kspp": {"met": [f"{k.symbol}={k.value}" for k in kspp.met],
+                         "missed": [{"setting": f"{k.symbol}={k.value}", "resulting": got}
+                                    for k, got in kspp.missed]}}
+               if (kspp := self.kspp) is not None else {}),
         }
 
     def raise_for_problems(self) -> None:

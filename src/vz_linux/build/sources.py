@@ -57,7 +57,9 @@ class KernelPin:
     debian_package: str
     debian_tarball: Path
     cache_schema: str
-    source_date_epoch: int  # the pinned package's changelog date (vz_linux.build.reproducible)
+    # The pinned package's changelog date (vz_linux.build.reproducible); always read from the pin
+    # file, the default is for pins made by hand (tests).
+    source_date_epoch: int = 0
     path: Path | None = None  # the file it was read from
 
 

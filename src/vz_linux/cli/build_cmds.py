@@ -152,6 +152,14 @@ def _print_report(report: ConfigReport, verbose: bool) -> None:
     out_console.print(f"  capabilities: {' '.join(sorted(x.value for x in report.capabilities))}", markup=False, soft_wrap=True)
     for line in report.missing:
         out_console.print(f"  contract MISSING {line}", markup=False, soft_wrap=True)
+    if (kspp := report.kspp) is not None:
+        out_console.print(f"  KSPP recommended settings: {len(kspp.met)} met, {len(kspp.missed)} missed "
+                          "(docs/profiles.md, \"Hardening\")", markup=False, soft_wrap=True)
+        if verbose:
+            out_console.print("    met: " + " ".join(f"{k.symbol}={k.value}" for k in kspp.met),
+                              markup=False, soft_wrap=True)
+        out_console.print("    missed: " + " ".join(f"{k.symbol}={k.value} (is {got})" for k, got in kspp.missed),
+                          markup=False, soft_wrap=True)
 
 
 @click.command("config")
