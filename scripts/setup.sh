@@ -12,7 +12,9 @@ SUDO=""
 APT_PACKAGES=(
   # kernel build
   build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils zstd kmod
-  linux-source-6.1 gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu
+  # the default kernel pin (linux/kernel-version.mk) and the 6.1 pin (linux/kernel-version-6.1.mk)
+  linux-source-6.12 linux-source-6.1
+  gcc-aarch64-linux-gnu binutils-aarch64-linux-gnu
   # aarch64 static links (crun, agent) need the cross libc.a
   libc6-dev-arm64-cross
   # guest userland
@@ -34,6 +36,9 @@ APT_PACKAGES=(
   # distribution registry with htpasswd (bcrypt) basic auth
   openssh-client skopeo docker-registry apache2-utils
   python3-venv
+  # hermetic builds (docs/reproducible.md): the Debian build root is made by mmdebstrap (and entered
+  # with bubblewrap, above); benchmarks/check_reproducible.py explains differing files with diffoscope
+  mmdebstrap diffoscope-minimal
 )
 
 need_update=0

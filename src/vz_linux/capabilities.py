@@ -63,6 +63,11 @@ REGISTRY: dict[KernelCapability, CapabilitySpec] = {
                        probe="grep -w btrfs /proc/filesystems"),
         CapabilitySpec(C.nfsd, _all("NFSD", "NFSD_V4"),
                        probe="grep -w nfsd /proc/filesystems"),
+        CapabilitySpec(C.device_mapper, _all("BLK_DEV_DM"),
+                       probe="grep -w device-mapper /proc/misc"),
+        # aes-xts-plain64, the probe's cipher: dm-crypt itself plus AES and the XTS mode.
+        CapabilitySpec(C.dm_crypt, _all("BLK_DEV_DM", "DM_CRYPT", "CRYPTO_AES", "CRYPTO_XTS"),
+                       probe="grep -w device-mapper /proc/misc && grep -m1 -E '^name +: aes$' /proc/crypto"),
         # Symbols come from the container profile's exclusion lines (see container_sandbox_holds).
         CapabilitySpec(C.container_sandbox, (),
                        probe=("! test -e /proc/config.gz && ! test -e /dev/kvm && ! test -e /dev/net/tun"

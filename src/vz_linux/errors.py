@@ -87,6 +87,12 @@ class KernelSourceError(VzLinuxError):
     exit_code = 30
 
 
+class UnknownKernelPinError(KernelSourceError):
+    """``--kernel-pin`` / ``KERNEL_PIN`` names no linux/kernel-version*.mk."""
+
+    exit_code = 22
+
+
 class KconfigCheckError(VzLinuxError):
     """A fragment line did not hold after olddefconfig (and is not allow-listed)."""
 
@@ -101,6 +107,19 @@ class CapabilityContractError(VzLinuxError):
 
 class BuildError(VzLinuxError):
     exit_code = 33
+
+
+class NotReproducibleError(BuildError):
+    """Two builds of the same inputs gave different bytes (docs/reproducible.md)."""
+
+    exit_code = 23
+
+
+class BuildRootError(BuildError):
+    """The isolated build root (mmdebstrap + bubblewrap) could not be made or entered
+    (docs/reproducible.md, "Hermetic builds")."""
+
+    exit_code = 24
 
 
 class ToolMissingError(VzLinuxError):

@@ -27,7 +27,7 @@ def _good(tmp_path: Path) -> dict[str, Any]:
 
 
 def test_write_read_round_trip_is_canonical(tmp_path: Path) -> None:
-    meta = make_bundle(tmp_path / "b", capabilities=["tun", "vsock", "device_mapper", "vsock"])
+    meta = make_bundle(tmp_path / "b", capabilities=["tun", "vsock", "gpu_passthrough", "vsock"])
     path = tmp_path / "b" / layout.METADATA
     text = path.read_text()
     assert text.endswith("}\n")
@@ -36,9 +36,9 @@ def test_write_read_round_trip_is_canonical(tmp_path: Path) -> None:
     back = BundleMetadata.read(path)
     assert back == meta
     assert back.to_json() == text  # stable: writing what was read gives the same bytes
-    assert back.capabilities == ["device_mapper", "tun", "vsock"]  # sorted, deduplicated, unknown kept
+    assert back.capabilities == ["gpu_passthrough", "tun", "vsock"]  # sorted, deduplicated, unknown kept
     assert back.capability_set == {KernelCapability.tun, KernelCapability.vsock}
-    assert back.unknown_capabilities == ["device_mapper"]
+    assert back.unknown_capabilities == ["gpu_passthrough"]
     # atomic write leaves no temp files behind
     assert sorted(p.name for p in path.parent.iterdir() if p.name.startswith(".")) == []
 

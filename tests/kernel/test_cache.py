@@ -11,18 +11,20 @@ import pytest
 from vz_linux.arch import Architecture
 from vz_linux.build import kernel_cache
 from vz_linux.build.kernel import CompileProgress, compile_kernel
+from vz_linux.build.reproducible import kbuild_identity
 from vz_linux.build.sources import KernelSource
 from vz_linux.bundle.metadata import KernelSourceInfo, ToolchainInfo
 from vz_linux.errors import BuildError
 from vz_linux.profiles import KernelProfile
 
 TOOLCHAIN = ToolchainInfo(compiler="gcc (Debian 12.2.0-14) 12.2.0", binutils="GNU ld 2.40", cross_compile="")
+EPOCH = 1795859651
 SOURCE = KernelSourceInfo(kind="tarball", version="6.1.7", sha256="a" * 64, origin="/x/linux.tar.xz")
 
 
 def _key(**over: object) -> str:
     args: dict[str, object] = {"config_text": "CONFIG_A=y\n", "source_identity": "src", "toolchain": TOOLCHAIN,
-                               "schema": "1", "arch": Architecture.x86_64}
+                               "schema": "1", "arch": Architecture.x86_64, "build_env": kbuild_identity(EPOCH)}
     args.update(over)
     return kernel_cache.cache_key(**args)  # type: ignore[arg-type]
 
@@ -36,6 +38,7 @@ def test_key_covers_every_input() -> None:
         _key(toolchain=TOOLCHAIN.model_copy(update={"binutils": "GNU ld 2.41"})),
         _key(schema="2"),
         _key(arch=Architecture.arm64),
+        _key(build_env=kbuild_identity(EPOCH + 1)),  # another build epoch: other bytes
     ]
     assert len({base, *others}) == 1 + len(others)
     assert _key() == base  # deterministic
@@ -77,6 +80,7 @@ vmlinux:
 \t@mkdir -p $(O)/include/config
 \t@echo 6.1.7-vz-container > $(O)/include/config/kernel.release
 \t@printf '\\177ELF-fake' > $(O)/vmlinux
+\t@echo "$$KBUILD_BUILD_TIMESTAMP|$$KBUILD_BUILD_USER|$$KBUILD_BUILD_HOST|$$KBUILD_BUILD_VERSION|$$SOURCE_DATE_EPOCH|$$KCFLAGS" > $(O)/env.txt
 """
 
 
@@ -92,8 +96,10 @@ def fake_tree(tmp_path: Path) -> KernelSource:
 def test_compile_reports_progress_and_keeps_the_log(fake_tree: KernelSource, tmp_path: Path) -> None:
     seen: list[CompileProgress] = []
     builddir = tmp_path / "build"
+    (builddir / "usr").mkdir(parents=True)
+    (builddir / "usr" / "initramfs_data.cpio").write_bytes(b"stale, with the last build's mtimes")
     result = compile_kernel(fake_tree, "CONFIG_A=y\n", KernelProfile.container, Architecture.x86_64,
-                            builddir=builddir, jobs=2, progress=seen.append)
+                            epoch=EPOCH, builddir=builddir, jobs=2, progress=seen.append)
     assert result.release == "6.1.7-vz-container"
     assert result.image == builddir / "vmlinux" and result.image.read_bytes() == b"\x7fELF-fake"
     assert result.objects == 251 and [p.done for p in seen] == list(range(1, 252))
@@ -102,12 +108,17 @@ def test_compile_reports_progress_and_keeps_the_log(fake_tree: KernelSource, tmp
     assert "-j2" in log.splitlines()[0] and "CC      obj250.o" in log
     # The next build's estimate is this build's real count.
     assert (builddir / ".vz-linux-objects").read_text().strip() == "251"
+    # The reproducible environment reached the kernel's make; the stale built-in initramfs is gone.
+    stamp, user, host, version, epoch, kcflags = (builddir / "env.txt").read_text().strip().split("|")
+    assert (stamp, user, host, version, epoch) == ("Sat Nov 28 09:54:11 UTC 2026", "vz-linux", "vz-linux", "1", str(EPOCH))
+    assert kcflags.split() == [f"-ffile-prefix-map={fake_tree.tree.resolve()}=.", f"-ffile-prefix-map={builddir.resolve()}=."]
+    assert not (builddir / "usr" / "initramfs_data.cpio").exists()
 
 
 def test_compile_failure_shows_the_log_tail(fake_tree: KernelSource, tmp_path: Path) -> None:
     with pytest.raises(BuildError) as e:
         compile_kernel(fake_tree, "CONFIG_BREAK=y\n", KernelProfile.container, Architecture.x86_64,
-                       builddir=tmp_path / "build")
+                       epoch=EPOCH, builddir=tmp_path / "build")
     msg = str(e.value)
     assert "exit code 2" in msg and str(tmp_path / "build" / "build.log") in msg
     assert "obj7.c:1: error: planted failure" in msg

@@ -13,6 +13,8 @@ import pytest
 from vz_linux.arch import Architecture
 from vz_linux.build import kernel_cache
 from vz_linux.build.pipeline import BuildOptions, build_bundle
+from vz_linux.build.reproducible import BUILD_HOST, BUILD_USER, build_epoch, build_timestamp
+from vz_linux.build.sources import select_pin
 from vz_linux.dotconfig import parse_dotconfig
 from vz_linux.profiles import KernelProfile
 
@@ -57,6 +59,20 @@ def test_container_x86_64_vmlinux_is_elf_with_pvh_note(built_kernel: Callable[..
     entry = kernel_cache.lookup(kernel.cache_key, Architecture.x86_64)
     assert entry is not None and entry.config_path.read_text() == kernel.config_text
     assert parse_dotconfig(kernel.config_text)["PVH"] == "y"
+
+
+@pytest.mark.parametrize("arch", list(Architecture))
+def test_compiled_kernel_carries_no_build_path_time_or_host(built_kernel: Callable[..., object],
+                                                              arch: Architecture) -> None:
+    result = built_kernel(KernelProfile.container, arch)
+    kernel = result.kernel  # type: ignore[attr-defined]
+    data = kernel.image_path.read_bytes()
+    # -ffile-prefix-map: neither the extracted source tree nor the build dir leaks into the image.
+    assert str(kernel_cache.kernels_root().parent).encode() not in data
+    # The banner has the pinned epoch, user and host, not the wall clock or this machine.
+    epoch = build_epoch(select_pin())
+    banner = f"({BUILD_USER}@{BUILD_HOST})".encode() + b" "
+    assert banner in data and f"#1 SMP {build_timestamp(epoch)}".encode() in data
 
 
 def test_container_arm64_image(built_kernel: Callable[..., object]) -> None:

@@ -13,7 +13,7 @@ import pytest
 from vz_linux.arch import Architecture
 from vz_linux.build.kconfig import fragment_paths, read_allowlist
 from vz_linux.build.pipeline import configure
-from vz_linux.build.sources import KernelSource
+from vz_linux.build.sources import KernelSource, SourceSpec, acquire_source, select_pin
 from vz_linux.errors import CapabilityContractError, InvalidConfigError, KconfigCheckError
 from vz_linux.profiles import KernelCapability, KernelProfile
 
@@ -22,11 +22,13 @@ pytestmark = [pytest.mark.kernel]
 VZ_LINUX = Path(sys.executable).parent / "vz-linux"
 
 
+@pytest.mark.parametrize("pin", ["6.12", "6.1"])
 @pytest.mark.parametrize("arch", list(Architecture))
 @pytest.mark.parametrize("profile", list(KernelProfile))
-def test_profiles_resolve_with_zero_drops(kernel_source: KernelSource, profile: KernelProfile,
-                                         arch: Architecture) -> None:
-    report = configure(profile, arch, kernel_source, memoize=False)  # really run the kernel's kconfig
+def test_profiles_resolve_with_zero_drops(profile: KernelProfile, arch: Architecture, pin: str) -> None:
+    source = acquire_source(SourceSpec(), pin=select_pin(pin))
+    assert source.series == pin
+    report = configure(profile, arch, source, memoize=False)  # really run the kernel's kconfig
     r = report.resolved
     assert [c.describe() for c in r.failures] == []
     assert not [c for c in r.checks if c.allowed_because], "the shipped allow-list is empty on purpose"
@@ -38,6 +40,8 @@ def test_profiles_resolve_with_zero_drops(kernel_source: KernelSource, profile: 
     assert len(r.checks) == expected > 30
     assert report.capabilities >= profile.contract, report.missing
     assert report.missing == ()
+    assert {KernelCapability.device_mapper, KernelCapability.dm_crypt} <= profile.contract
+    assert all(r.config.get(s) == "y" for s in ("BLK_DEV_DM", "DM_CRYPT", "CRYPTO_AES", "CRYPTO_XTS"))
     assert r.config.get("LOCALVERSION") == f'"{profile.local_version}"'
     assert r.config.get("MODULES", "n") == "n"
     if arch is Architecture.x86_64:
@@ -89,6 +93,37 @@ def test_planted_off_line_names_what_selects_it(kernel_source: KernelSource, tmp
     assert "no such symbol" in bad["NO_SUCH_OPTION_VZ"].explanation
 
 
+def test_planted_drop_new_in_6_12_is_explained(kernel_source: KernelSource, tmp_path: Path) -> None:
+    # 6.12's KPROBES no longer needs MODULES, and selects KALLSYMS: the container's "KALLSYMS is
+    # not set" line then cannot hold, and the check names what selected it.
+    assert kernel_source.series == "6.12"
+    frags = _planted(tmp_path, KernelProfile.container, Architecture.x86_64, "CONFIG_KPROBES=y\n")
+    report = configure(KernelProfile.container, Architecture.x86_64, kernel_source, fragments=frags,
+                       allowlist=tmp_path / "none.txt")
+    bad_by = {c.line.symbol: c for c in report.resolved.failures}
+    assert set(bad_by) == {"KALLSYMS", "KPROBES"}  # the fragment's own "KPROBES is not set" is overridden
+    assert "overridden by CONFIG_KPROBES=y (planted.config:1)" in bad_by["KPROBES"].explanation
+    bad = bad_by["KALLSYMS"]
+    assert bad.line.value == "n" and bad.resulting == "y"
+    assert bad.line.path is not None and bad.line.path.name == "vz-linux-container.config"
+    assert "selected by KPROBES [=y]" in bad.explanation
+    with pytest.raises(KconfigCheckError, match=r"CONFIG_KALLSYMS is not set resolved to y: selected by KPROBES"):
+        report.raise_for_problems()
+
+
+def test_registry_derives_device_mapper_and_dm_crypt(kernel_source: KernelSource, tmp_path: Path) -> None:
+    # dm-crypt without the XTS mode its probe uses is not dm_crypt; device_mapper still holds.
+    base, *arch_frags = fragment_paths(KernelProfile.container, Architecture.arm64)
+    edited = tmp_path / base.name
+    edited.write_text(base.read_text().replace("CONFIG_CRYPTO_XTS=y\n", ""))
+    report = configure(KernelProfile.container, Architecture.arm64, kernel_source, fragments=(edited, *arch_frags))
+    assert report.resolved.failures == []
+    assert KernelCapability.device_mapper in report.capabilities
+    assert KernelCapability.dm_crypt not in report.capabilities
+    with pytest.raises(CapabilityContractError, match=r"dm_crypt: CONFIG_CRYPTO_XTS is n"):
+        report.raise_for_problems()
+
+
 def test_allow_listed_drop_passes(kernel_source: KernelSource, tmp_path: Path) -> None:
     frags = _planted(tmp_path, KernelProfile.container, Architecture.x86_64, "CONFIG_SCSI_VIRTIO=y\n")
     allow = tmp_path / "allow.txt"
@@ -138,9 +173,9 @@ def test_config_cli_json_and_exit_code(tmp_path: Path) -> None:
     import json
 
     data = json.loads(proc.stdout)
-    assert data["ok"] is True and data["kernel"].startswith("6.1.")
+    assert data["ok"] is True and data["kernel"].startswith("6.12.")
     assert data["counts"]["y"] > 100 and data["counts"]["m"] == 0
-    assert "container_sandbox" in data["capabilities"]
+    assert {"container_sandbox", "device_mapper", "dm_crypt"} <= set(data["capabilities"])
     assert all(c["ok"] for c in data["checks"]) and len(data["checks"]) > 100
 
 
@@ -151,5 +186,27 @@ def test_makefile_summary_target_runs_the_cli() -> None:
                            "KERNEL_PROFILE=container", "ARCH=arm64"],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "container/arm64: Linux 6.1." in proc.stdout
+    assert "container/arm64: Linux 6.12." in proc.stdout
     assert " 0 failed" in proc.stdout and "container_sandbox" in proc.stdout
+
+
+def test_kspp_report_for_the_container_profile(kernel_source: KernelSource) -> None:
+    x86 = Architecture.x86_64
+    report = configure(KernelProfile.container, x86, kernel_source)
+    kspp = report.kspp
+    assert kspp is not None
+    met = {f"{k.symbol}={k.value}" for k in kspp.met}
+    missed = {f"{k.symbol}={k.value}": got for k, got in kspp.missed}
+    # What the fragment applies is met; what docs/profiles.md refuses shows up as missed.
+    assert {"STACKPROTECTOR_STRONG=y", "VMAP_STACK=y", "SLAB_FREELIST_HARDENED=y", "HARDENED_USERCOPY=y",
+            "FORTIFY_SOURCE=y", "DEVMEM=n", "KEXEC=n", "STRICT_KERNEL_RWX=y"} <= met
+    assert missed["RANDOMIZE_BASE=y"] == "absent" and missed["CPU_MITIGATIONS=y"] == "n"
+    assert not any(k.startswith("ARM64_") for k in met | set(missed))  # arm64-only settings not listed
+    assert report.to_json()["kspp"]["met"] == sorted(met, key=[f"{k.symbol}={k.value}" for k in kspp.met].index)
+    assert configure(KernelProfile.developer, x86, kernel_source).kspp is None  # reported for container only
+    proc = subprocess.run([str(VZ_LINUX), "config", "--profile", "container", "--arch", "x86_64", "-q"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if "KSPP recommended settings" in x)
+    assert f"{len(kspp.met)} met, {len(kspp.missed)} missed" in line
+    assert "RANDOMIZE_BASE=y (is absent)" in proc.stdout

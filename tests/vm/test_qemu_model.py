@@ -76,3 +76,6 @@ def test_two_configs_compare_as_data() -> None:
     quiet = QemuVm(arch=Architecture.x86_64, kernel=Path("/k"), fast_cmdline=False, cmdline_extra=("foo=1",))
     words = quiet.kernel_cmdline().split()
     assert "quiet" not in words and words[-1] == "foo=1"
+    # The KSPP command-line hardening is on every boot (docs/profiles.md, "Hardening").
+    assert {"init_on_alloc=1", "slab_nomerge", "page_alloc.shuffle=1", "randomize_kstack_offset=on"} <= set(words)
+    assert "init_on_free=1" not in words

@@ -26,18 +26,17 @@ from ..profiles import KernelProfile
 from ..version import AGENT_PROTOCOL_REVISION, AGENT_VERSION, METADATA_SCHEMA_VERSION
 from .agent import build_agent
 from .busybox import get_busybox
-from .cpio import source_date_epoch
 from .crun import ensure_crun
 from .initramfs import InitramfsInputs, write_initramfs
 from .kernel import KernelInfo
+from .reproducible import build_epoch
 
 log = logging.getLogger(__name__)
 
 
-def build_time() -> str:
-    """``built``: SOURCE_DATE_EPOCH when set (reproducible builds), else now; UTC, whole seconds."""
-    epoch = datetime.fromtimestamp(source_date_epoch(), UTC) if os.environ.get("SOURCE_DATE_EPOCH") else None
-    return utc_timestamp(epoch)
+def build_time(epoch: int | None = None) -> str:
+    """``built``: the build epoch (:func:`reproducible.build_epoch`), never the wall clock; UTC."""
+    return utc_timestamp(datetime.fromtimestamp(build_epoch() if epoch is None else epoch, UTC))
 
 
 def _copy(src: Path, dst: Path, mode: int) -> None:
@@ -79,7 +78,9 @@ def _stage_bundle(stage: Path, *, profile: KernelProfile, arch: Architecture, ke
     busybox = get_busybox(arch)
     crun = ensure_crun(arch)
     agent = build_agent(arch)  # cached by its inputs
-    write_initramfs(InitramfsInputs.default(busybox=busybox.path, agent=agent), stage / layout.INITRAMFS)
+    epoch = build_epoch()  # one time for the whole bundle: the archive's mtimes and `built`
+    write_initramfs(InitramfsInputs.default(busybox=busybox.path, agent=agent), stage / layout.INITRAMFS,
+                    mtime=epoch)
     _copy(kernel_image, stage / layout.KERNEL, 0o644)
     _copy(crun.path, stage / layout.OCI_RUNTIME, 0o755)
     files = {name: FileInfo.of(stage / name) for name in layout.ARTIFACTS}
@@ -93,7 +94,7 @@ def _stage_bundle(stage: Path, *, profile: KernelProfile, arch: Architecture, ke
         busybox=busybox.version,
         agent=AGENT_VERSION,
         agent_protocol_revision=AGENT_PROTOCOL_REVISION,
-        built=build_time(),
+        built=build_time(epoch),
         sha256_vmlinux=files[layout.KERNEL].sha256,
         sha256_initramfs=files[layout.INITRAMFS].sha256,
         oci_runtime=OciRuntimeInfo(name=crun.name, version=crun.version,

@@ -34,11 +34,12 @@ from ..hashing import sha256_file
 from ..layout import cache_root, source_checkout
 from ..run import run
 from . import debian
+from .buildroot import current_identity
 from .kbuild import tool_identity
 
 NAME = "crun"
 PINNED_VERSION = "1.8.1-1+deb12u1"  # bookworm's crun source package
-CACHE_SCHEMA = 1
+CACHE_SCHEMA = 2  # 2: no -g, build paths mapped (docs/reproducible.md)
 # -dev packages crun links statically, and the runtime packages holding their .a/.so siblings.
 LIBRARY_PACKAGES: tuple[str, ...] = (
     "libcap-dev", "libcap2", "libgcrypt20", "libgcrypt20-dev", "libgpg-error-dev", "libgpg-error0",
@@ -157,11 +158,18 @@ def patches() -> list[Path]:
 
 
 def cache_key(source: CrunSource, arch: Architecture, toolchain: str, libs: Libraries) -> str:
-    return hashing.cache_key({
+    parts: dict[str, object] = {
         "schema": CACHE_SCHEMA, "source": source.version, "dsc": source.dsc_sha256,
         "arch": arch.value, "toolchain": toolchain, "libraries": libs.versions,
         "patches": [(p.name, sha256_file(p)) for p in patches()],
-    })
+    }
+    # configure probes more of the system than the compiler and these libraries: built in the
+    # hermetic root, crun differs from the host's build (docs/reproducible.md), so it is keyed by
+    # the root's package manifest there; host keys are unchanged.
+    root = current_identity()
+    if root is not None:
+        parts["buildroot"] = root
+    return hashing.cache_key(parts)
 
 
 def ensure_crun(arch: Architecture, version: str = PINNED_VERSION) -> OciRuntime:
@@ -217,8 +225,11 @@ def _compile(source: CrunSource, arch: Architecture, libs: Libraries, work: Path
     libdir = libs.libdir(arch)
     (static / "libyajl.a").symlink_to(libdir / "libyajl_s.a")
     ldflags = f"-L{static}" + (f" -L{libdir}" if libs.sysroot is not None else "")
+    # No -g, and every build path mapped, so the binary does not depend on where it was built.
+    mapped = [(tree, "."), (work, "/build"), *([(libs.sysroot, "/sysroot")] if libs.sysroot is not None else [])]
+    maps = " ".join(f"-ffile-prefix-map={d}={to}" for d, to in mapped)
     configure = ["./configure", "--disable-systemd", "--enable-static", "--disable-shared",
-                 f"LDFLAGS={ldflags}"]
+                 f"LDFLAGS={ldflags}", f"CFLAGS=-O2 {maps}"]
     env = {"LC_ALL": "C", "SOURCE_DATE_EPOCH": "0"}
     if libs.sysroot is not None:
         inc = libs.sysroot / "usr" / "include"

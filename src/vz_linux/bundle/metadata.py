@@ -90,7 +90,7 @@ class BundleMetadata(BaseModel):
     """Contents of a bundle's ``version.json``.
 
     Unknown top-level fields are kept (``extra="allow"``) so a newer writer's additions survive a
-    read/write round trip; unknown capability names (seed files list e.g. ``device_mapper``) are
+    read/write round trip; unknown capability names (a newer release's, e.g. ``gpu_passthrough``) are
     kept in ``capabilities`` but ignored by :attr:`capability_set`.
     """
 

@@ -96,6 +96,7 @@ class VmConfig:
     memory_mib: int = 256
     cmdline_extra: tuple[str, ...] = ()
     fast_cmdline: bool = True
+    hardening_cmdline: bool = True  # qemu.HARDENING_CMDLINE (off only to measure it)
     network: bool = False
     rootfs: Path | None = None  # shared as tag "rootfs": init overlays it and chroots (docs/guest.md)
     shares: tuple[VmShare, ...] = ()  # further shares, conventionally tagged vz-mount-N
@@ -215,7 +216,7 @@ def describe(config: VmConfig, accel: Accel, workdir: Path, shares: tuple[Share,
     return QemuVm(
         arch=config.arch, kernel=config.kernel, initramfs=config.initramfs, cpus=config.cpus,
         memory_mib=config.memory_mib, accel=accel, cmdline_extra=config.cmdline_extra,
-        fast_cmdline=config.fast_cmdline, serial_socket=workdir / "serial.sock", agent_socket=workdir / "agent.sock",
+        fast_cmdline=config.fast_cmdline, hardening_cmdline=config.hardening_cmdline, serial_socket=workdir / "serial.sock", agent_socket=workdir / "agent.sock",
         qmp_socket=workdir / "qmp.sock", network=config.network, shares=shares, hvc_console=config.hvc_console,
         vsock_cid=config.vsock_cid if config.vsock_cid is not None and vhost_vsock_available() else None,
         machine=config.machine, transport=config.transport,
