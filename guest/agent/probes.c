@@ -89,6 +89,22 @@ int read_file_str(const char *path, char *out, size_t len)
     return (int)n;
 }
 
+int nth_field(const char *line, int n, char *out, size_t len)
+{
+    const char *p = line;
+    for (int i = 0;; i++) {
+        p += strspn(p, " \t\n");
+        size_t w = strcspn(p, " \t\n");
+        if (w == 0)
+            return -1;
+        if (i == n) {
+            snprintf(out, len, "%.*s", (int)w, p);
+            return 0;
+        }
+        p += w;
+    }
+}
+
 int write_file_str(const char *path, const char *text)
 {
     int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -159,6 +175,12 @@ static int probe_io_uring(int argc, char **argv)
 #error "unsupported architecture"
 #endif
 
+struct seccomp_result {
+    int install_errno; /* 0: the filter was installed */
+    int denied_errno;  /* errno of the filtered getppid */
+    long denied_ret, pid;
+};
+
 static int seccomp_child(int out)
 {
     struct sock_filter f[] = {
@@ -171,27 +193,24 @@ static int seccomp_child(int out)
         BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
     };
     struct sock_fprog prog = {.len = sizeof f / sizeof f[0], .filter = f};
-    char line[160];
+    struct seccomp_result res = {0};
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
         syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0) {
-        snprintf(line, sizeof line, "install failed: %s", strerror(errno));
+        res.install_errno = errno;
     } else {
         errno = 0;
-        long r = syscall(__NR_getppid);
-        int e = errno;
-        long me = syscall(__NR_getpid);
-        snprintf(line, sizeof line, "%ld %d %ld", r, e, me);
+        res.denied_ret = syscall(__NR_getppid);
+        res.denied_errno = errno;
+        res.pid = syscall(__NR_getpid);
     }
-    write_all(out, line, strlen(line));
+    write_all(out, &res, sizeof res);
     return 0;
 }
 
 static int probe_seccomp(int argc, char **argv)
 {
-    int fds[2];
-    char line[160] = {0};
-    long r, me;
-    int e, status;
+    int fds[2], status = 0;
+    struct seccomp_result res;
     if (pipe(fds) != 0)
         return probe_fail_errno("pipe");
     pid_t pid = fork();
@@ -202,17 +221,18 @@ static int probe_seccomp(int argc, char **argv)
         _exit(seccomp_child(fds[1]));
     }
     close(fds[1]);
-    ssize_t n = read(fds[0], line, sizeof line - 1);
+    ssize_t n = read(fds[0], &res, sizeof res);
     close(fds[0]);
     waitpid(pid, &status, 0);
-    if (n <= 0)
+    if (n != (ssize_t)sizeof res)
         return probe_fail("seccomp child said nothing (status 0x%x)", status);
-    if (sscanf(line, "%ld %d %ld", &r, &e, &me) != 3)
-        return probe_fail("seccomp child: %s", line);
-    if (r != -1 || e != EPERM)
-        return probe_fail("filter installed but getppid returned %ld (errno %d), not EPERM", r, e);
-    if (me != pid || syscall(__NR_getppid) <= 0)
-        return probe_fail("filter leaked: getpid in the child gave %ld, getppid in the parent failed", me);
+    if (res.install_errno)
+        return probe_fail("install a seccomp filter: %s", strerror(res.install_errno));
+    if (res.denied_ret != -1 || res.denied_errno != EPERM)
+        return probe_fail("filter installed but getppid returned %ld (errno %d), not EPERM", res.denied_ret,
+                          res.denied_errno);
+    if (res.pid != pid || syscall(__NR_getppid) <= 0)
+        return probe_fail("filter leaked: getpid in the child gave %ld, getppid in the parent failed", res.pid);
     printf("seccomp: filter installed in child %d, getppid denied with EPERM there, parent unaffected\n", (int)pid);
     return 0;
 }
@@ -280,7 +300,7 @@ static int mount_type(const char *path, char *type, size_t len)
     while (fgets(line, sizeof line, f)) {
         char *sep = strstr(line, " - ");
         size_t n;
-        if (!sep || sscanf(line, "%*s %*s %*s %*s %511s", mp) != 1 || sscanf(sep + 3, "%63s", fstype) != 1)
+        if (!sep || nth_field(line, 4, mp, sizeof mp) != 0 || nth_field(sep + 3, 0, fstype, sizeof fstype) != 0)
             continue;
         n = strlen(mp);
         if (strncmp(path, mp, n) == 0 && (path[n] == '/' || path[n] == 0 || n == 1) && n >= best) {

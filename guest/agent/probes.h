@@ -29,6 +29,7 @@ int scratch_dir(char *out, size_t len); /* mkdtemp under /tmp */
 int write_all(int fd, const void *p, size_t n);
 int read_file_str(const char *path, char *out, size_t len);
 int write_file_str(const char *path, const char *text);
+int nth_field(const char *line, int n, char *out, size_t len); /* whitespace-separated field N */
 
 /* probes_net.c */
 int probe_netns(int argc, char **argv);

@@ -79,11 +79,15 @@ static int make_file(const char *path, off_t size)
 
 /* ---- btrfs_snapshots ---- */
 
+static int all_zero(const char *p, size_t n)
+{
+    return n == 0 || (p[0] == 0 && memcmp(p, p + 1, n - 1) == 0);
+}
+
 /* Copy SRC to DST keeping holes (the image is mostly zeros). */
 static int copy_sparse(const char *src, const char *dst)
 {
     static char buf[65536];
-    static const char zero[65536];
     int in = open(src, O_RDONLY | O_CLOEXEC), out;
     off_t off = 0;
     ssize_t n;
@@ -92,7 +96,7 @@ static int copy_sparse(const char *src, const char *dst)
     if ((out = open(dst, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) < 0)
         return close(in), probe_fail_errno("create the image copy");
     while ((n = read(in, buf, sizeof buf)) > 0) {
-        if (memcmp(buf, zero, (size_t)n) != 0 && pwrite(out, buf, (size_t)n, off) != n)
+        if (!all_zero(buf, (size_t)n) && pwrite(out, buf, (size_t)n, off) != n)
             break;
         off += n;
     }
@@ -347,7 +351,7 @@ static int crypt_steps(struct blkprobe *b, dev_t *rdev)
 {
     unsigned char key[64];
     char params[256], hex[129];
-    int rc, zero = 1;
+    int rc, zero;
     if (getrandom(key, sizeof key, 0) != (ssize_t)sizeof key)
         return probe_fail_errno("getrandom");
     for (size_t i = 0; i < sizeof key; i++)
@@ -359,8 +363,7 @@ static int crypt_steps(struct blkprobe *b, dev_t *rdev)
     int rm = dm_remove(&b->dm);
     if (rc || (rc = rm) || (rc = file_block(b->file, b->back, 0)))
         return rc;
-    for (int i = 0; i < BLK; i++)
-        zero &= b->back[i] == 0;
+    zero = all_zero(b->back, BLK);
     if (zero || memcmp(b->back, b->plain, BLK) == 0 || memmem(b->back, BLK, "vz-linux dm probe", 17))
         return probe_fail("the backing file holds %s, not ciphertext", zero ? "zeros" : "the plaintext");
     memcpy(b->cipher_head, b->back, sizeof b->cipher_head);

@@ -247,7 +247,8 @@ static int tcp_listening(uint32_t addr_be, unsigned port)
     snprintf(want, sizeof want, "%08X:%04X", addr_be, port);
     while (!found && fgets(line, sizeof line, f)) {
         char local[64], state[8];
-        if (sscanf(line, " %*s %63s %*s %7s", local, state) == 2 && strcmp(local, want) == 0 && strcmp(state, "0A") == 0)
+        if (nth_field(line, 1, local, sizeof local) == 0 && nth_field(line, 3, state, sizeof state) == 0 &&
+            strcmp(local, want) == 0 && strcmp(state, "0A") == 0)
             found = 1;
     }
     fclose(f);
