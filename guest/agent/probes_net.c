@@ -267,10 +267,11 @@ static int nfsd_start(const char *d, char *versions, size_t vlen)
     char p[300];
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(2049)};
     char fdnum[16];
-    /* v2/v3 may be compiled out (then refusing them is an error): only +4 must be accepted. */
-    nfsd_write(d, "versions", "-2");
-    nfsd_write(d, "versions", "-3");
-    if (nfsd_write(d, "versions", "+4") != 0)
+    /* Each write is one newline-terminated line. v2/v3 may be compiled out (then "-2" is an error):
+     * only "+4" must be accepted. */
+    nfsd_write(d, "versions", "-2\n");
+    nfsd_write(d, "versions", "-3\n");
+    if (nfsd_write(d, "versions", "+4\n") != 0)
         return probe_fail("nfsd versions +4: %s", strerror(errno));
     snprintf(p, sizeof p, "%s/versions", d);
     if (read_file_str(p, versions, vlen) < 0)
