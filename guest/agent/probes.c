@@ -358,7 +358,7 @@ static int probe_hvc0(int argc, char **argv)
 
 static const char *cpu_virt_flags(void)
 {
-    static char out[64];
+    static char out[96];
     char line[4096];
     FILE *f = fopen("/proc/cpuinfo", "re");
     int svm = 0, vmx = 0;
@@ -372,7 +372,12 @@ static const char *cpu_virt_flags(void)
         break;
     }
     fclose(f);
+#if defined(__aarch64__)
+    (void)svm, (void)vmx;
+    snprintf(out, sizeof out, "arm64: KVM needs the guest booted at EL2 (QEMU -M virt,virtualization=on)");
+#else
     snprintf(out, sizeof out, "guest CPU offers %s", svm ? "svm (AMD-V)" : vmx ? "vmx (VT-x)" : "neither svm nor vmx");
+#endif
     return out;
 }
 

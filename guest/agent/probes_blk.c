@@ -276,6 +276,7 @@ static int file_block(const char *path, void *buf, off_t off)
 
 struct blkprobe {
     char dir[64], file[96];
+    int mounted;
     struct loopdev lo;
     struct dm dm;
     char *plain, *back;
@@ -288,15 +289,20 @@ static void fill_plain(char *p)
         snprintf(p + i, 33, "vz-linux dm probe block %07d\n", i / 32);
 }
 
-/* Scratch dir, 4 MiB backing file on a loop device, DM control, aligned buffers. */
+/* Private mounts, a scratch tmpfs, a 4 MiB backing file on a loop device, DM control, aligned buffers. */
 static int blk_setup(struct blkprobe *b, const char *what)
 {
     int rc;
     memset(b, 0, sizeof *b);
     b->lo.fd = -1;
     b->dm.ctl = -1;
-    if ((rc = dm_open(&b->dm, what)) != 0 || (rc = scratch_dir(b->dir, sizeof b->dir)) != 0)
+    if ((rc = dm_open(&b->dm, what)) != 0 || (rc = private_mounts()) != 0 ||
+        (rc = scratch_dir(b->dir, sizeof b->dir)) != 0)
         return rc;
+    /* Our own tmpfs: the guest's /tmp is nodev, and the mapping's node is made here. */
+    if (mount("tmpfs", b->dir, "tmpfs", MS_NOSUID, "size=8m,mode=0700") != 0)
+        return probe_fail_errno("mount a scratch tmpfs");
+    b->mounted = 1;
     snprintf(b->file, sizeof b->file, "%s/backing", b->dir);
     if ((rc = make_file(b->file, 4 << 20)) != 0 || (rc = loop_attach(b->file, &b->lo)) != 0)
         return rc;
@@ -314,6 +320,8 @@ static void blk_teardown(struct blkprobe *b)
         close(b->dm.ctl);
     if (b->dir[0]) {
         unlink(b->file);
+        if (b->mounted)
+            umount2(b->dir, MNT_DETACH);
         rmdir(b->dir);
     }
     free(b->plain);
