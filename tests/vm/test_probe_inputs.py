@@ -10,6 +10,7 @@ import pytest
 
 from vz_linux.errors import ProbeInputError
 from vz_linux.profiles import KernelCapability as C
+from vz_linux.vm import probes
 from vz_linux.vm.linux_vm import VmShare
 from vz_linux.vm.probes import (
     BTRFS_IMAGE,
@@ -45,7 +46,12 @@ def test_btrfs_image_is_a_mixed_btrfs(tmp_path: Path) -> None:
     assert image.stat().st_blocks * 512 < BTRFS_IMAGE_BYTES  # sparse: cheap to make and to share
 
 
-def test_btrfs_image_failure_is_a_typed_error(tmp_path: Path) -> None:
+def test_btrfs_image_failure_is_a_typed_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The real mkfs.btrfs refuses a device under its 16 MiB minimum: one typed error, no file left.
+    monkeypatch.setattr(probes, "BTRFS_IMAGE_BYTES", 1 << 20)
+    with pytest.raises(ProbeInputError, match=r"cannot make the btrfs probe image: .*too small") as e:
+        make_btrfs_image(tmp_path / "tiny.img")
+    assert e.value.exit_code == 25 and not (tmp_path / "tiny.img").exists()
     small = tmp_path / "exists.img"
     small.write_bytes(b"x")
     with pytest.raises(FileExistsError):
