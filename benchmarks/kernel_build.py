@@ -23,10 +23,10 @@ from pathlib import Path
 
 from vz_linux.arch import Architecture
 from vz_linux.build import kernel_cache
-from vz_linux.build.kbuild import toolchain_info
 from vz_linux.build.kernel import compile_kernel
-from vz_linux.build.pipeline import config_report, configure
-from vz_linux.build.sources import SourceSpec, acquire_source, read_pin
+from vz_linux.build.pipeline import config_report, configure, kernel_cache_key
+from vz_linux.build.reproducible import build_epoch
+from vz_linux.build.sources import SourceSpec, acquire_source, select_pin
 from vz_linux.layout import cache_root
 from vz_linux.profiles import KernelProfile
 from vz_linux.run import run
@@ -60,9 +60,7 @@ def stripped_size(path: Path) -> int:
 def cached_image(profile: KernelProfile, arch: Architecture) -> tuple[Path, dict[str, object]] | None:
     """The cache entry of (profile, arch) for the current fragments, if it was built."""
     report = config_report(profile, arch)
-    key = kernel_cache.cache_key(config_text=report.resolved.config_text,
-                                 source_identity=report.resolved.source.identity,
-                                 toolchain=toolchain_info(arch), schema=read_pin().cache_schema, arch=arch)
+    key = kernel_cache_key(report, select_pin())
     hit = kernel_cache.lookup(key, arch)
     if hit is None:
         return None
@@ -104,7 +102,7 @@ def main() -> None:
         report = config_report(KernelProfile.container, x86)
         with tempfile.TemporaryDirectory(dir=cache_root()) as tmp:
             result = compile_kernel(source, report.resolved.config_text, KernelProfile.container, x86,
-                                    builddir=Path(tmp) / "build", nice=10)
+                                    epoch=build_epoch(), builddir=Path(tmp) / "build", nice=10)
         figure("cold_compile_container_x86_64", round(result.seconds, 1), "s")
         figure("cold_compile_container_x86_64_objects", result.objects, "objects")
 

@@ -59,6 +59,11 @@ REGISTRY: dict[KernelCapability, CapabilitySpec] = {
         # The probe loop-mounts the host's image: BLK_DEV_LOOP is part of the capability.
         CapabilitySpec(C.btrfs_snapshots, _all("BTRFS_FS", "BLK_DEV_LOOP"), agent_probe=True),
         CapabilitySpec(C.nfsd, _all("NFSD", "NFSD_V4"), agent_probe=True),
+        # The dm probes map loop devices: BLK_DEV_LOOP is part of both.
+        CapabilitySpec(C.device_mapper, _all("BLK_DEV_DM", "BLK_DEV_LOOP"), agent_probe=True),
+        # aes-xts-plain64, the probe's cipher: dm-crypt itself plus AES and the XTS mode.
+        CapabilitySpec(C.dm_crypt, _all("BLK_DEV_DM", "DM_CRYPT", "CRYPTO_AES", "CRYPTO_XTS", "BLK_DEV_LOOP"),
+                       agent_probe=True),
         # Symbols come from the container profile's exclusion lines (see container_sandbox_holds).
         CapabilitySpec(C.container_sandbox, (),
                        probe=("! test -e /proc/config.gz && ! test -e /dev/kvm && ! test -e /dev/net/tun"

@@ -87,6 +87,12 @@ class KernelSourceError(VzLinuxError):
     exit_code = 30
 
 
+class UnknownKernelPinError(KernelSourceError):
+    """``--kernel-pin`` / ``KERNEL_PIN`` names no linux/kernel-version*.mk."""
+
+    exit_code = 22
+
+
 class KconfigCheckError(VzLinuxError):
     """A fragment line did not hold after olddefconfig (and is not allow-listed)."""
 

@@ -32,6 +32,8 @@ class KernelCapability(enum.StrEnum):
     tun = "tun"
     btrfs_snapshots = "btrfs_snapshots"
     nfsd = "nfsd"
+    device_mapper = "device_mapper"
+    dm_crypt = "dm_crypt"
     container_sandbox = "container_sandbox"
 
     @classmethod
@@ -80,7 +82,7 @@ class KernelProfile(enum.StrEnum):
         (docs/profiles.md) and validation refuses a bundle that lacks one (docs/selection.md)."""
         c = KernelCapability
         common = {c.vsock, c.virtiofs, c.hvc0_serial, c.ext4_root, c.overlayfs, c.netns, c.seccomp,
-                  c.io_uring, c.btrfs_snapshots}
+                  c.io_uring, c.btrfs_snapshots, c.device_mapper, c.dm_crypt}
         if self is KernelProfile.developer:
             return frozenset(common | {c.nested_virt, c.tun})
         return frozenset(common | {c.nfsd, c.container_sandbox})

@@ -190,9 +190,10 @@ def _memo_path(source: KernelSource, profile: KernelProfile, arch: Architecture,
     return cache_root() / "kconfig" / "resolved" / f"{key}.config"
 
 
-def config_workdir(profile: KernelProfile, arch: Architecture) -> Path:
-    """Where configs are resolved (not the compile dir, so `config` never disturbs a build)."""
-    return cache_root() / "kconfig" / f"{profile.value}-{arch.value}"
+def config_workdir(profile: KernelProfile, arch: Architecture, series: str) -> Path:
+    """Where configs are resolved (not the compile dir, so `config` never disturbs a build);
+    one per kernel series, so switching pins never reconfigures the other's tree."""
+    return cache_root() / "kconfig" / series / f"{profile.value}-{arch.value}"
 
 
 def resolve_config(
@@ -223,7 +224,7 @@ def resolve_config(
     if memo is not None and memo.is_file():
         text = memo.read_text()
     else:
-        text = _olddefconfig(source, profile, arch, parsed, workdir or config_workdir(profile, arch))
+        text = _olddefconfig(source, profile, arch, parsed, workdir or config_workdir(profile, arch, source.series))
         if memo is not None:
             memo.parent.mkdir(parents=True, exist_ok=True)
             write_text_if_changed(memo, text)

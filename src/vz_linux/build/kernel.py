@@ -25,6 +25,7 @@ from ..layout import cache_root
 from ..profiles import KernelCapability, KernelProfile
 from ..run import quote, spawn
 from .kbuild import make_argv
+from .reproducible import kbuild_env
 from .sources import KernelSource
 
 
@@ -42,9 +43,10 @@ class KernelInfo:
 
 
 # --- compile -----------------------------------------------------------------------------------
-def build_dir(profile: KernelProfile, arch: Architecture) -> Path:
-    """The persistent out-of-tree build dir of (profile, arch): incremental across builds."""
-    return cache_root() / "build" / f"{profile.value}-{arch.value}"
+def build_dir(profile: KernelProfile, arch: Architecture, series: str) -> Path:
+    """The persistent out-of-tree build dir of (profile, arch) for a kernel series: incremental
+    across builds, and one per series so that both pins stay warm."""
+    return cache_root() / "build" / series / f"{profile.value}-{arch.value}"
 
 
 # First-build estimates of kbuild's object lines (replaced by the real count after one build).
@@ -86,6 +88,7 @@ def compile_kernel(
     profile: KernelProfile,
     arch: Architecture,
     *,
+    epoch: int,
     builddir: Path | None = None,
     jobs: int | None = None,
     nice: int = 0,
@@ -93,10 +96,11 @@ def compile_kernel(
 ) -> CompileResult:
     """Compile the kernel image of ``config_text`` out of tree in ``builddir``.
 
-    Runs ``make -j<all cores> <arch.kernel_make_target>``; every line goes to
-    ``<builddir>/build.log``; a failure raises :class:`BuildError` carrying the log's tail.
+    Runs ``make -j<all cores> <arch.kernel_make_target>`` in the reproducible environment of
+    ``epoch`` (:func:`reproducible.kbuild_env`); every line goes to ``<builddir>/build.log``; a
+    failure raises :class:`BuildError` carrying the log's tail.
     """
-    builddir = builddir or build_dir(profile, arch)
+    builddir = builddir or build_dir(profile, arch, source.series)
     builddir.mkdir(parents=True, exist_ok=True)
     log_path = builddir / "build.log"
     count_file = builddir / ".vz-linux-objects"
@@ -108,15 +112,19 @@ def compile_kernel(
     with FileLock(str(builddir) + ".lock"):
         # Unchanged text keeps the file's mtime, so make only rebuilds what changed.
         write_text_if_changed(builddir / ".config", config_text)
+        # The built-in initramfs is only regenerated when its inputs change, and it carries mtimes.
+        (builddir / "usr" / "initramfs_data.cpio").unlink(missing_ok=True)
+        env = kbuild_env(source.tree, builddir, epoch)
         prefix = ["nice", "-n", str(nice)] if nice else []
         argv = [*prefix, *make_argv(source, builddir, arch, f"-j{jobs}", arch.kernel_make_target)]
         argv.remove("-s")  # keep kbuild's per-object lines: they drive the progress display
         start = time.monotonic()
         done = 0
         with open(log_path, "w", buffering=1) as log_file:  # line-buffered: `tail -f` works
-            log_file.write(f"+ {quote(argv)}\n")
+            log_file.write(f"+ {' '.join(f'{k}={quote([v])}' for k, v in sorted(env.items()))} {quote(argv)}\n")
             log_file.flush()
-            with spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=builddir) as proc:
+            with spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=builddir,
+                       env=env) as proc:
                 assert proc.stdout is not None
                 for raw in proc.stdout:
                     text = raw.decode(errors="replace")

@@ -1,7 +1,7 @@
 """The kernel image cache (docs/profiles.md, "Sources, compile and cache").
 
-Key = sha256 over the resolved ``.config``, the source identity, the toolchain identity and the
-cache schema of ``linux/kernel-version.mk``. An entry ``cache_root()/kernels/<key>/`` holds the
+Key = sha256 over the resolved ``.config``, the source identity, the toolchain identity, the
+reproducible build environment (epoch, user, host) and the cache schema of the kernel pin. An entry ``cache_root()/kernels/<key>/`` holds the
 image, the ``.config`` it was built from and ``kernel.json``; it is staged beside it and renamed
 into place (:func:`fsutil.publish_dir`), so a reader sees a whole entry or none.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,9 +27,11 @@ _STAGE_PREFIX = ".store-"  # every entry is staged under this name: a crashed st
 
 
 def cache_key(*, config_text: str, source_identity: str, toolchain: ToolchainInfo, schema: str,
-              arch: Architecture) -> str:
+              arch: Architecture, build_env: Mapping[str, str]) -> str:
+    """``build_env`` is :func:`reproducible.kbuild_identity`: the build epoch, user and host."""
     return hashing.cache_key({"config_sha256": sha256_text(config_text), "source": source_identity,
-                              "toolchain": toolchain.model_dump(), "schema": schema, "arch": arch.value})
+                              "toolchain": toolchain.model_dump(), "schema": schema, "arch": arch.value,
+                              "build_env": dict(sorted(build_env.items()))})
 
 
 def kernels_root() -> Path:

@@ -28,7 +28,8 @@ from .assemble import assemble_bundle
 from .kbuild import toolchain_info
 from .kconfig import ResolvedConfig, resolve_config
 from .kernel import KernelInfo, ProgressFn, compile_kernel
-from .sources import KernelPin, KernelSource, SourceSpec, acquire_source, read_pin
+from .reproducible import build_epoch, kbuild_identity
+from .sources import KernelPin, KernelSource, SourceSpec, acquire_source, select_pin
 
 StageFn = Callable[[str], None]
 
@@ -45,6 +46,7 @@ class BuildOptions:
     jobs: int | None = None  # default: all cores
     nice: int = 10  # the cores are shared; a nice compile is as fast when the machine is idle
     kernel_only: bool = False  # stop after writing the kernel into the bundle dir
+    kernel_pin: str | None = None  # a kernel series with a linux/kernel-version-<series>.mk; None = default
     # Reporting hooks (not part of the build's identity).
     on_stage: StageFn | None = field(default=None, compare=False)
     on_progress: ProgressFn | None = field(default=None, compare=False)
@@ -132,8 +134,18 @@ def configure(
 
 
 def config_report(profile: KernelProfile, arch: Architecture, source: SourceSpec | None = None,
-                  *, fragments: tuple[Path, ...] | None = None, allowlist: Path | None = None) -> ConfigReport:
-    return configure(profile, arch, acquire_source(source or SourceSpec()), fragments=fragments, allowlist=allowlist)
+                  *, fragments: tuple[Path, ...] | None = None, allowlist: Path | None = None,
+                  kernel_pin: str | None = None) -> ConfigReport:
+    return configure(profile, arch, acquire_source(source or SourceSpec(), pin=select_pin(kernel_pin)),
+                     fragments=fragments, allowlist=allowlist)
+
+
+def kernel_cache_key(report: ConfigReport, pin: KernelPin) -> str:
+    """The kernel cache key of a resolved config built from ``pin`` (the one place it is computed)."""
+    r = report.resolved
+    return kernel_cache.cache_key(config_text=r.config_text, source_identity=r.source.identity,
+                                  toolchain=toolchain_info(r.arch), schema=pin.cache_schema, arch=r.arch,
+                                  build_env=kbuild_identity(build_epoch(pin)))
 
 
 def build_kernel(options: BuildOptions, *, pin: KernelPin | None = None
@@ -142,7 +154,8 @@ def build_kernel(options: BuildOptions, *, pin: KernelPin | None = None
 
     Returns (kernel, report, cache_hit, compile_seconds, log_path).
     """
-    pin = pin or read_pin()
+    pin = pin or select_pin(options.kernel_pin)
+    epoch = build_epoch(pin)
     _stage(options, "kernel source")
     source = acquire_source(options.source, pin=pin)
     _stage(options, f"config: {options.profile.baseline} + fragments + olddefconfig (Linux {source.info.version})")
@@ -151,15 +164,14 @@ def build_kernel(options: BuildOptions, *, pin: KernelPin | None = None
     report.raise_for_problems()
     config_text = report.resolved.config_text
     toolchain = toolchain_info(options.arch)
-    key = kernel_cache.cache_key(config_text=config_text, source_identity=source.identity,
-                                 toolchain=toolchain, schema=pin.cache_schema, arch=options.arch)
+    key = kernel_cache_key(report, pin)
     cached = None if options.rebuild_kernel else kernel_cache.lookup(key, options.arch)
     hit = cached is not None
     seconds = 0.0
     log_path: Path | None = None
     if cached is None:
         _stage(options, f"kernel compile ({options.profile}/{options.arch}, key {key[:12]})")
-        result = compile_kernel(source, config_text, options.profile, options.arch, jobs=options.jobs,
+        result = compile_kernel(source, config_text, options.profile, options.arch, epoch=epoch, jobs=options.jobs,
                                 nice=options.nice, progress=options.on_progress)
         seconds, log_path = result.seconds, result.log_path
         try:
@@ -168,6 +180,7 @@ def build_kernel(options: BuildOptions, *, pin: KernelPin | None = None
                                         source=source.info, toolchain=toolchain,
                                         extra={"profile": options.profile.value,
                                                "compile_seconds": round(seconds, 1),
+                                               "build_epoch": epoch,
                                                "objects": result.objects})
         except OSError as e:
             raise BuildError(f"cannot store the kernel in the cache {kernel_cache.kernels_root()}: {e}") from e

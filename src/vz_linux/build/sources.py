@@ -29,7 +29,13 @@ from typing import IO, BinaryIO
 from filelock import FileLock
 
 from ..bundle.metadata import KernelSourceInfo
-from ..errors import DownloadTimeoutError, DownloadTooLargeError, InsecureDownloadError, KernelSourceError
+from ..errors import (
+    DownloadTimeoutError,
+    DownloadTooLargeError,
+    InsecureDownloadError,
+    KernelSourceError,
+    UnknownKernelPinError,
+)
 from ..fsutil import publish_dir, publish_file, write_atomic
 from ..hashing import sha256_file
 from ..layout import cache_root, source_checkout
@@ -44,20 +50,31 @@ _EXTRACT_PREFIX = ".extract-"  # every extraction is staged under this name: a c
 
 @dataclass(frozen=True)
 class KernelPin:
-    """``linux/kernel-version.mk``."""
+    """``linux/kernel-version.mk`` (the default pin) or ``linux/kernel-version-<series>.mk``."""
 
     series: str
     version: str
     debian_package: str
     debian_tarball: Path
     cache_schema: str
+    source_date_epoch: int  # the pinned package's changelog date (vz_linux.build.reproducible)
+    path: Path | None = None  # the file it was read from
+
+
+_DEFAULT_PIN_FILE = "kernel-version.mk"
+_PIN_FILE = re.compile(r"^kernel-version-(\d+\.\d+)\.mk$")
+
+
+def _linux_dir() -> Path:
+    top = source_checkout()
+    if top is None:
+        raise KernelSourceError(f"linux/{_DEFAULT_PIN_FILE} not found: vz-linux builds run from a source checkout")
+    return top / "linux"
 
 
 def pin_path() -> Path:
-    top = source_checkout()
-    if top is None:
-        raise KernelSourceError("linux/kernel-version.mk not found: vz-linux builds run from a source checkout")
-    return top / "linux" / "kernel-version.mk"
+    """The default pin file."""
+    return _linux_dir() / _DEFAULT_PIN_FILE
 
 
 def read_pin(path: Path | None = None) -> KernelPin:
@@ -75,9 +92,33 @@ def read_pin(path: Path | None = None) -> KernelPin:
             debian_package=values["KERNEL_DEBIAN_PACKAGE"],
             debian_tarball=Path(values["KERNEL_DEBIAN_TARBALL"]),
             cache_schema=values["KERNEL_CACHE_SCHEMA"],
+            source_date_epoch=int(values["KERNEL_SOURCE_DATE_EPOCH"]),
+            path=path,
         )
     except KeyError as e:
         raise KernelSourceError(f"{path}: missing {e.args[0]}") from None
+    except ValueError:
+        raise KernelSourceError(f"{path}: KERNEL_SOURCE_DATE_EPOCH is not an integer") from None
+
+
+def available_pins(linux: Path | None = None) -> dict[str, Path]:
+    """Series -> pin file: the default pin and every ``kernel-version-<series>.mk`` beside it."""
+    linux = linux or _linux_dir()
+    pins = {read_pin(p).series: p for p in sorted(linux.iterdir()) if _PIN_FILE.match(p.name)}
+    default = linux / _DEFAULT_PIN_FILE
+    pins[read_pin(default).series] = default
+    return pins
+
+
+def select_pin(series: str | None = None, linux: Path | None = None) -> KernelPin:
+    """The pin named ``series`` (``--kernel-pin``), or the default pin when None."""
+    if series is None:
+        return read_pin(pin_path() if linux is None else linux / _DEFAULT_PIN_FILE)
+    pins = available_pins(linux)
+    if series not in pins:
+        raise UnknownKernelPinError(f"unknown kernel pin {series!r}; known pins: {', '.join(sorted(pins))}",
+                                    hint="pick one of them (linux/kernel-version*.mk)")
+    return read_pin(pins[series])
 
 
 class SourceKind(enum.StrEnum):
@@ -120,6 +161,11 @@ class SourceSpec:
 class KernelSource:
     tree: Path
     info: KernelSourceInfo  # recorded in version.json as ``kernel_source``
+
+    @property
+    def series(self) -> str:
+        """``6.12`` of ``6.12.118``: build and config work dirs are per series (docs/profiles.md)."""
+        return ".".join(self.info.version.split(".")[:2])
 
     @property
     def identity(self) -> str:
@@ -356,10 +402,11 @@ def acquire_source(spec: SourceSpec, *, pin: KernelPin | None = None, cache: Pat
         version = tree_version(tree)
         info = _source_info(spec.kind, version=version, sha256=sha,
                             origin=f"{pin.debian_package}={deb_version}")
+        pin_name = f"linux/{pin.path.name}" if pin.path else "the kernel pin"
         if version != pin.version:
             raise KernelSourceError(
-                f"{pin.debian_package} {deb_version} is Linux {version}, but linux/kernel-version.mk pins {pin.version}",
-                hint="update KERNEL_VERSION in linux/kernel-version.mk after reviewing the fragments",
+                f"{pin.debian_package} {deb_version} is Linux {version}, but {pin_name} pins {pin.version}",
+                hint=f"update KERNEL_VERSION in {pin_name} after reviewing the fragments",
             )
     else:
         if not spec.location:
@@ -374,6 +421,6 @@ def acquire_source(spec: SourceSpec, *, pin: KernelPin | None = None, cache: Pat
     if not (version == pin.series or version.startswith(pin.series + ".")):
         raise KernelSourceError(
             f"kernel source {info.origin} is Linux {version}; the fragments are written for {pin.series}",
-            hint="use a Linux " + pin.series + " source",
+            hint=f"use a Linux {pin.series} source, or choose another pin with --kernel-pin",
         )
     return KernelSource(tree=tree, info=info)

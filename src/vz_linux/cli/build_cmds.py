@@ -15,7 +15,7 @@ from .. import layout
 from ..arch import Architecture
 from ..build.kernel import CompileProgress, ProgressFn
 from ..build.pipeline import BuildOptions, BuildResult, ConfigReport, StageFn, build_bundle, config_report
-from ..build.sources import SourceSpec
+from ..build.sources import SourceSpec, select_pin
 from ..profiles import KernelProfile
 from .common import err_console, out_console
 
@@ -24,6 +24,9 @@ _ARCHES = click.Choice([a.value for a in Architecture] + ["amd64", "aarch64"])
 
 
 def _source_options(f: Any) -> Any:
+    f = click.option("--kernel-pin", metavar="SERIES", default=None,
+                     help="Kernel series to build: the default pin (linux/kernel-version.mk) or one with a "
+                          "linux/kernel-version-<series>.mk, e.g. 6.1.")(f)
     f = click.option("--allow-http", is_flag=True,
                      help="Allow a plain http:// tarball URL (always allowed for 127.0.0.1).")(f)
     f = click.option("--kernel-source-sha256", metavar="HEX",
@@ -98,8 +101,9 @@ def _stage_printer(label: str) -> StageFn:
 @_source_options
 def build(profile: str, all_profiles: bool, arch: str | None, out: Path | None, rebuild_kernel: bool,
           kernel_only: bool, jobs: int | None, kernel_source: str | None, kernel_source_sha256: str | None,
-          allow_http: bool) -> None:
+          allow_http: bool, kernel_pin: str | None) -> None:
     """Build guest-kernel bundles: checked config, cached kernel, userland, version.json."""
+    select_pin(kernel_pin)  # an unknown pin fails before anything is built
     target = Architecture.parse(arch) if arch else Architecture.host()
     profiles = list(KernelProfile) if all_profiles else [KernelProfile.parse(profile)]
     for p in profiles:
@@ -109,7 +113,7 @@ def build(profile: str, all_profiles: bool, arch: str | None, out: Path | None, 
             options = BuildOptions(
                 profile=p, arch=target, out_dir=bundle_dir, rebuild_kernel=rebuild_kernel,
                 source=_spec(kernel_source, kernel_source_sha256, allow_http), jobs=jobs,
-                kernel_only=kernel_only,
+                kernel_only=kernel_only, kernel_pin=kernel_pin,
                 on_stage=_stage_printer(f"{p}/{target}"),
                 on_progress=on_progress,
             )
@@ -145,12 +149,14 @@ def _print_report(report: ConfigReport, verbose: bool) -> None:
 @click.option("--failures-only", "-q", is_flag=True, help="Show only the fragment lines that did not hold.")
 @_source_options
 def config_cmd(profile: str | None, arch: str | None, all_arches: bool, as_json: bool, failures_only: bool,
-               kernel_source: str | None, kernel_source_sha256: str | None, allow_http: bool) -> None:
+               kernel_source: str | None, kernel_source_sha256: str | None, allow_http: bool,
+               kernel_pin: str | None) -> None:
     """Resolve and check a profile's kernel config without compiling."""
+    select_pin(kernel_pin)
     profiles = [KernelProfile.parse(profile)] if profile else list(KernelProfile)
     arches = list(Architecture) if all_arches else [Architecture.parse(arch) if arch else Architecture.host()]
     spec = _spec(kernel_source, kernel_source_sha256, allow_http)
-    reports = [config_report(p, a, spec) for p in profiles for a in arches]
+    reports = [config_report(p, a, spec, kernel_pin=kernel_pin) for p in profiles for a in arches]
     if as_json:
         data = [r.to_json() for r in reports]
         click.echo(json.dumps(data[0] if len(data) == 1 else data, indent=2))
