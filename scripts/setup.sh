@@ -28,6 +28,8 @@ APT_PACKAGES=(
   bubblewrap
   # OCI image layouts for tests/benchmarks
   umoci
+  # verify --boot's btrfs_snapshots probe: the host makes a small btrfs image (mkfs.btrfs --mixed)
+  btrfs-progs
   # a throw-away TLS certificate for the download tests' HTTPS server on 127.0.0.1
   openssl
   # another wall clock for the reproducible-initramfs test (tests/guest/test_initramfs.py)

@@ -187,3 +187,15 @@ def test_profiles_doc_lists_each_contract() -> None:
         row = re.search(rf"^\| `{profile.value}` \| (.*) \|$", text, re.M)
         assert row, f"docs/profiles.md has no contract row for {profile.value}"
         assert set(re.findall(r"`([a-z0-9_]+)`", row[1])) == {c.value for c in profile.contract}
+
+
+def test_profiles_md_probe_table_matches_the_registry() -> None:
+    """docs/profiles.md's probe table lists every registry capability with its kind of probe."""
+    from vz_linux.capabilities import REGISTRY
+
+    text = (ROOT / "docs" / "profiles.md").read_text().split("## Capabilities: symbols and live probes", 1)[1]
+    text = text.split("\n## ", 1)[0]
+    rows = {m[1]: m[2] for m in re.finditer(r"^\| `([a-z0-9_]+)` \|[^|]*\| (agent|snippet) \|", text, re.M)}
+    assert set(rows) == {c.value for c in REGISTRY}, sorted(set(rows) ^ {c.value for c in REGISTRY})
+    for cap, spec in REGISTRY.items():
+        assert rows[cap.value] == ("agent" if spec.agent_probe else "snippet"), cap

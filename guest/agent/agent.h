@@ -81,6 +81,5 @@ int exec_count(const struct conn *c);
 
 /* ops.c */
 void handle_frame(struct conn *c, const struct vz_frame *f);
-int io_uring_probe(void);
 
 #endif

@@ -18,6 +18,7 @@
 #include <linux/vm_sockets.h>
 
 #include "agent.h"
+#include "probes.h"
 
 #if defined(VZ_HOST_PROTOCOL_REVISION) && VZ_HOST_PROTOCOL_REVISION != VZ_AGENT_PROTOCOL_REVISION
 #error "protocol.h VZ_AGENT_PROTOCOL_REVISION differs from vz_linux.version.AGENT_PROTOCOL_REVISION"
@@ -516,7 +517,7 @@ static void usage(void)
             "       vz-agent --listen unix:PATH   serve on a Unix socket (host tests)\n"
             "       vz-agent --listen serial:PATH serve on a character device as on the port (tests)\n"
             "       vz-agent --stdio              serve one peer on stdin/stdout\n"
-            "       vz-agent --probe io_uring     check io_uring_setup works\n"
+            "       vz-agent --probe NAME [ARGS]  run one capability probe (docs/agent.md, \"Probes\")\n"
             "       vz-agent --version\n",
             SERIAL_NAME, VSOCK_PORT);
 }
@@ -530,12 +531,8 @@ int main(int argc, char **argv)
         printf("vz-agent %s protocol %d\n", VZ_AGENT_VERSION, VZ_AGENT_PROTOCOL_REVISION);
         return 0;
     }
-    if (argc == 3 && strcmp(argv[1], "--probe") == 0) {
-        if (strcmp(argv[2], "io_uring") == 0)
-            return io_uring_probe();
-        fprintf(stderr, "vz-agent: unknown probe %s (known: io_uring)\n", argv[2]);
-        return 2;
-    }
+    if (argc >= 2 && strcmp(argv[1], "--probe") == 0)
+        return run_probe(argc - 2, argv + 2);
     if (argc == 3 && strcmp(argv[1], "--listen") == 0) {
         if (strncmp(argv[2], "unix:", 5) == 0 && argv[2][5]) {
             g_unix_path = argv[2] + 5;

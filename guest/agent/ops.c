@@ -389,22 +389,3 @@ void handle_frame(struct conn *c, const struct vz_frame *f)
     default: break;
     }
 }
-
-int io_uring_probe(void)
-{
-    unsigned char params[120]; /* struct io_uring_params; only sq/cq_entries and features are read */
-    uint32_t sq, cq, features;
-    long fd;
-    memset(params, 0, sizeof params);
-    fd = syscall(SYS_io_uring_setup, 4, params);
-    if (fd < 0) {
-        printf("io_uring_setup failed: %s\n", strerror(errno));
-        return 1;
-    }
-    memcpy(&sq, params + 0, 4);
-    memcpy(&cq, params + 4, 4);
-    memcpy(&features, params + 20, 4);
-    printf("io_uring_setup ok: sq_entries=%u cq_entries=%u features=0x%x\n", sq, cq, features);
-    close((int)fd);
-    return 0;
-}

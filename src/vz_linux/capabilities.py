@@ -1,7 +1,9 @@
 """The capability registry (docs/profiles.md): capability -> Kconfig symbols that must hold -> live probe.
 
 Capabilities are *derived* from the resolved ``.config`` through this one table; nothing declares
-them by hand. Each capability also has a probe the guest agent runs to prove it live.
+them by hand. Each capability also has a probe that proves it live in the guest: most by doing the
+thing (``vz-agent --probe NAME``, docs/agent.md "Probes", run by :mod:`vz_linux.vm.probes`), the
+rest by a shell snippet.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ class CapabilitySpec:
     arch_symbols: Mapping[Architecture, Requirement] = field(default_factory=dict)
     # Shell snippet run by the guest agent's probe (BusyBox sh). Exit 0 = present; output = evidence.
     probe: str = ""
+    # Proved instead by `vz-agent --probe <capability>`, which does the thing (docs/agent.md, "Probes").
+    agent_probe: bool = False
 
     def requirement(self, arch: Architecture) -> Requirement:
         return self.symbols + tuple(self.arch_symbols.get(arch, ()))
@@ -38,36 +42,28 @@ C = KernelCapability
 REGISTRY: dict[KernelCapability, CapabilitySpec] = {
     spec.capability: spec
     for spec in (
-        CapabilitySpec(C.vsock, _all("VSOCKETS", "VIRTIO_VSOCKETS"),
-                       probe="test -c /dev/vsock && echo /dev/vsock present"),
-        CapabilitySpec(C.virtiofs, _all("FUSE_FS", "VIRTIO_FS"),
-                       probe="grep -w virtiofs /proc/filesystems"),
-        CapabilitySpec(C.hvc0_serial, _all("VIRTIO_CONSOLE", "HVC_DRIVER"),
-                       probe="grep -E '^(hvc|virtio)' /proc/tty/drivers || ls /sys/bus/virtio/drivers/virtio_console"),
+        CapabilitySpec(C.vsock, _all("VSOCKETS", "VIRTIO_VSOCKETS"), agent_probe=True),
+        CapabilitySpec(C.virtiofs, _all("FUSE_FS", "VIRTIO_FS"), agent_probe=True),
+        CapabilitySpec(C.hvc0_serial, _all("VIRTIO_CONSOLE", "HVC_DRIVER"), agent_probe=True),
         CapabilitySpec(C.ext4_root, _all("EXT4_FS", "BLOCK", "VIRTIO_BLK"),
                        probe="grep -w ext4 /proc/filesystems && ls -d /sys/bus/virtio/drivers/virtio_blk"),
-        CapabilitySpec(C.overlayfs, _all("OVERLAY_FS"),
-                       probe="grep -w overlay /proc/filesystems"),
-        CapabilitySpec(C.netns, _all("NET_NS"),
-                       probe="unshare -n ip link show lo"),
-        CapabilitySpec(C.seccomp, _all("SECCOMP", "SECCOMP_FILTER"),
-                       probe="cat /proc/sys/kernel/seccomp/actions_avail"),
-        CapabilitySpec(C.io_uring, _all("IO_URING"),
-                       probe="/sbin/vz-agent --probe io_uring"),
+        CapabilitySpec(C.overlayfs, _all("OVERLAY_FS"), agent_probe=True),
+        # The probe makes a veth pair across two new namespaces: VETH is part of the capability.
+        CapabilitySpec(C.netns, _all("NET_NS", "VETH"), agent_probe=True),
+        CapabilitySpec(C.seccomp, _all("SECCOMP", "SECCOMP_FILTER"), agent_probe=True),
+        CapabilitySpec(C.io_uring, _all("IO_URING"), agent_probe=True),
         CapabilitySpec(C.nested_virt, _all("KVM"),
-                       arch_symbols={Architecture.x86_64: (("KVM_INTEL", "KVM_AMD"),)},
-                       probe="test -c /dev/kvm && echo /dev/kvm present"),
+                       arch_symbols={Architecture.x86_64: (("KVM_INTEL", "KVM_AMD"),)}, agent_probe=True),
         CapabilitySpec(C.tun, _all("TUN"),
                        probe="test -c /dev/net/tun && echo /dev/net/tun present"),
-        CapabilitySpec(C.btrfs_snapshots, _all("BTRFS_FS"),
-                       probe="grep -w btrfs /proc/filesystems"),
-        CapabilitySpec(C.nfsd, _all("NFSD", "NFSD_V4"),
-                       probe="grep -w nfsd /proc/filesystems"),
-        CapabilitySpec(C.device_mapper, _all("BLK_DEV_DM"),
-                       probe="grep -w device-mapper /proc/misc"),
+        # The probe loop-mounts the host's image: BLK_DEV_LOOP is part of the capability.
+        CapabilitySpec(C.btrfs_snapshots, _all("BTRFS_FS", "BLK_DEV_LOOP"), agent_probe=True),
+        CapabilitySpec(C.nfsd, _all("NFSD", "NFSD_V4"), agent_probe=True),
+        # The dm probes map loop devices: BLK_DEV_LOOP is part of both.
+        CapabilitySpec(C.device_mapper, _all("BLK_DEV_DM", "BLK_DEV_LOOP"), agent_probe=True),
         # aes-xts-plain64, the probe's cipher: dm-crypt itself plus AES and the XTS mode.
-        CapabilitySpec(C.dm_crypt, _all("BLK_DEV_DM", "DM_CRYPT", "CRYPTO_AES", "CRYPTO_XTS"),
-                       probe="grep -w device-mapper /proc/misc && grep -m1 -E '^name +: aes$' /proc/crypto"),
+        CapabilitySpec(C.dm_crypt, _all("BLK_DEV_DM", "DM_CRYPT", "CRYPTO_AES", "CRYPTO_XTS", "BLK_DEV_LOOP"),
+                       agent_probe=True),
         # Symbols come from the container profile's exclusion lines (see container_sandbox_holds).
         CapabilitySpec(C.container_sandbox, (),
                        probe=("! test -e /proc/config.gz && ! test -e /dev/kvm && ! test -e /dev/net/tun"

@@ -179,6 +179,12 @@ class CapabilityProbeError(VmError):
     exit_code = 44
 
 
+class ProbeInputError(VmError):
+    """The host could not prepare what the live probes need (the btrfs image, the virtiofs token)."""
+
+    exit_code = 25
+
+
 class AgentGoneError(AgentError):
     """The guest agent went away: its channel closed, a restarted agent answered, or it stopped
     answering keepalives. Requests it was serving are lost."""

@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 
 from vz_linux.arch import Architecture
+from vz_linux.capabilities import REGISTRY
 from vz_linux.vm.boot_verify import verify_boot
 from vz_linux.vm.linux_vm import LinuxVm, VmConfig
 from vz_linux.vm.qemu import Accel
+
+from .test_verify_boot import DID_IT
 
 pytestmark = [pytest.mark.vm, pytest.mark.kernel, pytest.mark.slow]
 
@@ -45,3 +48,8 @@ def test_arm64_verify_boot(container_bundle_arm64: Path) -> None:
         assert row.declared == (name in declared), name
         if row.declared:
             assert row.passed and row.evidence, (name, row.evidence)
+            if REGISTRY[row.capability].agent_probe:  # did the thing (docs/agent.md, "Probes")
+                assert row.evidence.startswith(f"{name}: ") and DID_IT[name] in row.evidence, row.evidence
+    data = result.to_json()
+    assert data["ok"] and {r["capability"] for r in data["rows"]} == declared
+    assert all(r["evidence"] and r["seconds"] > 0 for r in data["rows"])

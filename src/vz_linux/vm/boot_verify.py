@@ -1,25 +1,27 @@
 """``vz-linux verify --boot``: boot a bundle and prove every declared capability live (docs/vm.md).
 
-Each capability the bundle's ``version.json`` declares is probed in the guest through the agent's
-probe operation, with the registry's snippet (:data:`vz_linux.capabilities.REGISTRY`). A declared
-capability whose probe fails makes the verification fail.
+Each capability the bundle's ``version.json`` declares is proved in the guest by its probe
+(:mod:`vz_linux.vm.probes`: ``vz-agent --probe NAME`` doing the thing, or the registry's snippet),
+all in one boot. The inputs some probes need (a virtiofs token, a btrfs image) are made on the host
+first and offered as one read-only share. A declared capability whose probe fails makes the
+verification fail, naming it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..bundle.model import KernelBundle, load_bundle
-from ..capabilities import REGISTRY
 from ..errors import CapabilityProbeError
 from ..profiles import KernelCapability
 from .accel import AccelChoice
 from .linux_vm import LinuxVm, VmConfig
-
-PROBE_TIMEOUT = 20.0
+from .probes import PROBE_TIMEOUT, probe_inputs, run_probe
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class ProbeRow:
     declared: bool
     passed: bool
     evidence: str
+    seconds: float = 0.0  # how long the probe took, seen from the host
 
     @property
     def ok(self) -> bool:
@@ -35,7 +38,7 @@ class ProbeRow:
 
     def to_json(self) -> dict[str, Any]:
         return {"capability": self.capability.value, "declared": self.declared, "passed": self.passed,
-                "evidence": self.evidence}
+                "evidence": self.evidence, "seconds": round(self.seconds, 3)}
 
 
 @dataclass(frozen=True)
@@ -58,11 +61,6 @@ class BootVerification:
                 "rows": [r.to_json() for r in self.rows]}
 
 
-def _one_line(text: str, limit: int = 100) -> str:
-    flat = " | ".join(line.strip() for line in text.strip().splitlines() if line.strip())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
 def verify_boot(
     bundle: KernelBundle | Path,
     *,
@@ -81,16 +79,16 @@ def verify_boot(
     declared = sorted(loaded.capabilities)
     cfg = config or VmConfig.from_bundle(loaded.root, accel=accel, arch=loaded.metadata.arch)
     rows: list[ProbeRow] = []
-    with LinuxVm(cfg) as vm:
-        hello = vm.wait_for_agent(timeout, on_retry)
-        for cap in declared:
-            res = vm.probe(cap.value, REGISTRY[cap].probe, timeout=PROBE_TIMEOUT)
-            evidence = _one_line(res.evidence) or (f"exit code {res.exit_code}" if res.exit_code is not None
-                                                  else "no output")
-            if res.timed_out:
-                evidence = f"timed out after {PROBE_TIMEOUT:.0f}s: {evidence}"
-            rows.append(ProbeRow(cap, True, res.passed, evidence))
-        accel_used = vm.accel.accel.value if vm.accel is not None else "?"
+    with probe_inputs(declared, cfg.shares) as inputs:
+        if inputs is not None:
+            cfg = dataclasses.replace(cfg, shares=(*cfg.shares, inputs.share()))
+        with LinuxVm(cfg) as vm:
+            hello = vm.wait_for_agent(timeout, on_retry)
+            for cap in declared:
+                started = time.monotonic()
+                outcome = run_probe(vm, cap, inputs, PROBE_TIMEOUT)
+                rows.append(ProbeRow(cap, True, outcome.passed, outcome.evidence, time.monotonic() - started))
+            accel_used = vm.accel.accel.value if vm.accel is not None else "?"
     result = BootVerification(loaded.root, hello.release, accel_used, tuple(rows))
     if check and not result.ok:
         raise probe_failure(result)
