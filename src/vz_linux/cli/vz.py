@@ -20,6 +20,7 @@ from ..oci.container import ContainerRequest, Sink, run_foreground
 from ..oci.spec import Volume, parse_env
 from ..profiles import KernelProfile
 from ..vm.descriptor import InitRequest, init_vm
+from . import image_cmds
 from .common import out_console, run_cli, setup_logging
 
 _PROFILES = click.Choice([p.value for p in KernelProfile])
@@ -45,7 +46,7 @@ def vz(verbose: bool) -> None:
 
 @vz.group()
 def oci() -> None:
-    """Containers from a rootfs directory or an OCI image layout, each in its own micro-VM."""
+    """Containers from a registry image, an OCI image layout or a rootfs directory, each in its own micro-VM."""
 
 
 def _data_dir_option(f: Any) -> Any:
@@ -91,31 +92,34 @@ def _command(command: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _request(image: str, command: tuple[str, ...], env: tuple[str, ...], workdir: str | None,
-             volumes: tuple[str, ...], name: str | None) -> ContainerRequest:
+             volumes: tuple[str, ...], name: str | None, pull: dict[str, Any] | None = None) -> ContainerRequest:
     return ContainerRequest(image=image, command=_command(command), env=parse_env(env), workdir=workdir,
-                            volumes=tuple(Volume.parse(v) for v in volumes), name=name)
+                            volumes=tuple(Volume.parse(v) for v in volumes), name=name,
+                            pull=image_cmds.pull_options_from(**(pull or {})))
 
 
 @oci.command(context_settings=_POSITIONAL_TAIL)
 @click.option("--rm", "remove", is_flag=True, help="Remove the container's state when it exits.")
+@image_cmds.pull_options
 @_container_options
 def run(remove: bool, profile: str | None, name: str | None, env: tuple[str, ...], workdir: str | None,
         volumes: tuple[str, ...], net: bool, cpus: int, memory: int, exec_timeout: float | None,
-        data_dir: Path | None, image: str, command: tuple[str, ...]) -> int:
+        data_dir: Path | None, image: str, command: tuple[str, ...], **pull: Any) -> int:
     """Run CMD in a container from IMAGE; exit with its exit code."""
     cfg = _config(data_dir, profile, net, cpus, memory, exec_timeout)
-    req = _request(image, command, env, workdir, volumes, name)
+    req = _request(image, command, env, workdir, volumes, name, pull)
     return run_foreground(cfg, req, remove=remove, on_stdout=_write(sys.stdout), on_stderr=_write(sys.stderr))
 
 
 @oci.command(context_settings=_POSITIONAL_TAIL)
+@image_cmds.pull_options
 @_container_options
 def create(profile: str | None, name: str | None, env: tuple[str, ...], workdir: str | None,
            volumes: tuple[str, ...], net: bool, cpus: int, memory: int, exec_timeout: float | None,
-           data_dir: Path | None, image: str, command: tuple[str, ...]) -> int:
+           data_dir: Path | None, image: str, command: tuple[str, ...], **pull: Any) -> int:
     """Boot a VM for a container from IMAGE and prepare it; print its id (start it with `start`)."""
     cfg = _config(data_dir, profile, net, cpus, memory, exec_timeout)
-    state = lifecycle.create(cfg, _request(image, command, env, workdir, volumes, name))
+    state = lifecycle.create(cfg, _request(image, command, env, workdir, volumes, name, pull))
     click.echo(state.id)
     return 0
 
@@ -196,6 +200,10 @@ def logs(data_dir: Path | None, container: str) -> int:
     _write(sys.stdout)(out)
     _write(sys.stderr)(err)
     return 0
+
+
+for _cmd in image_cmds.COMMANDS:
+    oci.add_command(_cmd)
 
 
 @vz.group()
