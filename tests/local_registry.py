@@ -99,7 +99,7 @@ def local_registry(root: Path, user: str = "vz", password: str = "s3cret-pass") 
     # distribution reads every REGISTRY_* variable as a config override: podman's REGISTRY_AUTH_FILE
     # would become "auth.file" and break the htpasswd section. The registry gets none of them.
     unset = [f"--unset={k}" for k in os.environ if k.startswith("REGISTRY_")]
-    argv = ["env", *unset, "docker-registry", "serve", root / "config.yml"]
+    argv = ["env", *unset, "docker-registry", "serve", str(root / "config.yml")]
     with open(root / "registry.log", "wb") as log, spawn(argv, stdout=log, stderr=log) as proc:
         _wait_ready(port, proc)
         yield LocalRegistry(root, port, user, password, proc)
