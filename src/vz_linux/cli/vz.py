@@ -1,7 +1,7 @@
-"""``vz``: OCI containers in micro-VMs (``vz oci …``) and VM descriptors (``vz vm linux init``).
+"""``vz``: OCI containers in micro-VMs (``vz oci …``) and persistent Linux VMs (``vz vm linux …``).
 
 A thin shim: options become typed objects (:class:`RuntimeConfig`, :class:`ContainerRequest`,
-:class:`InitRequest`), the library does the work, errors are printed by :func:`run_cli`.
+:class:`PullOptions`), the library does the work, errors are printed by :func:`run_cli`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from ..oci.config import RuntimeConfig, default_data_dir
 from ..oci.container import ContainerRequest, Sink, run_foreground
 from ..oci.spec import Volume, parse_env
 from ..profiles import KernelProfile
-from ..vm.descriptor import InitRequest, init_vm
-from . import image_cmds
+from . import image_cmds, vm_cmds
 from .common import out_console, run_cli, setup_logging
 
 _PROFILES = click.Choice([p.value for p in KernelProfile])
@@ -208,7 +207,7 @@ for _cmd in image_cmds.COMMANDS:
 
 @vz.group()
 def vm() -> None:
-    """VM descriptors."""
+    """Persistent VMs booted from an ext4 disk."""
 
 
 @vm.group()
@@ -216,27 +215,8 @@ def linux() -> None:
     """Linux guests booted from a vz-linux bundle."""
 
 
-@linux.command()
-@click.option("--name", required=True, help="VM name: writes NAME.linux.json and NAME.img.")
-@click.option("--output-dir", type=click.Path(path_type=Path), default=None, help="Default: ~/.vz/vms.")
-@click.option("--disk-size-gb", type=int, default=None, help="Sparse disk size (default 8, or the existing size).")
-@click.option("--kernel-profile", "profile", type=_PROFILES, default=None)
-@click.option("--kernel", type=click.Path(path_type=Path), default=None)
-@click.option("--initramfs", type=click.Path(path_type=Path), default=None)
-@click.option("--version-json", type=click.Path(path_type=Path), default=None)
-@click.option("--force", is_flag=True, help="Rewrite the descriptor and resize the disk.")
-def init(name: str, output_dir: Path | None, disk_size_gb: int | None, profile: str | None,
-         kernel: Path | None, initramfs: Path | None, version_json: Path | None, force: bool) -> int:
-    """Validate the kernel artifacts, create the disk image and write NAME.linux.json."""
-    result = init_vm(InitRequest(
-        name=name, output_dir=output_dir, disk_size_gb=disk_size_gb,
-        profile=KernelProfile.parse(profile) if profile else None,
-        kernel=kernel, initramfs=initramfs, version_json=version_json, force=force,
-    ))
-    d = result.descriptor
-    click.echo(f"{result.status.value}: {result.descriptor_path} (disk {d['disk']['path']}, "
-               f"{d['disk']['size_bytes'] // (1 << 30)} GiB, {d['profile']} {d['artifact_version']})")
-    return 0
+for _cmd in vm_cmds.COMMANDS:
+    linux.add_command(_cmd)
 
 
 def main(args: list[str] | None = None) -> NoReturn:
