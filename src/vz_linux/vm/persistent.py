@@ -133,7 +133,7 @@ def _check_root(lvm: LinuxVm, vm: PersistentVm) -> None:
     r = lvm.agent.exec_collect([f"{_GUEST_BIN}/cat", "/proc/self/mounts"], timeout=30, max_output=1 << 16)
     if not any(line.split()[:3] == [ROOT_DEVICE, "/", "ext4"] for line in r.stdout.decode(errors="replace").splitlines()):
         raise VmDiskError(f"VM {vm.name} did not boot from its disk (the guest could not mount {ROOT_DEVICE})",
-                          hint=f"see {lvm.serial_log}")
+                          hint=f"see {lvm.serial_log}; a bundle built before root= support needs a rebuild")
 
 
 def _shutdown(lvm: LinuxVm) -> None:
