@@ -168,3 +168,13 @@ def test_pull_never_without_the_image(pushed_image: PushedImage, tmp_path: Path)
              NOT_PRESENT, pushed_image.ref, "--pull=never")
     one_line(vz(home, "oci", "create", "--pull=never", pushed_image.ref), NOT_PRESENT)
     assert not (home / "oci" / "containers").exists() or not any((home / "oci" / "containers").iterdir())
+
+
+def test_damaged_catalogue_is_one_line(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    store = _store(home)
+    store.root.mkdir(parents=True)
+    for text in ('{"schema_version": 1, "images": [{"digest": "sha256:../../etc", "refs": []}]}', "[1, 2",
+                 '{"schema_version": 99, "images": []}'):
+        (store.root / "images.json").write_text(text)
+        one_line(vz(home, "oci", "images"), 59)

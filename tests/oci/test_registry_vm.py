@@ -119,3 +119,22 @@ def test_persistent_vm_refuses_changed_artifacts_and_empty_disks(vz: Vz, busybox
               "--disk-size-gb", "1").returncode == 0
     p = vz("vm", "linux", "run", "--output-dir", str(vms), "empty", "--", "true")
     assert p.returncode == 86 and "no ext4" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_a_running_vm_is_busy(vz: Vz, vz_home: dict[str, str], busybox_rootfs: Path, tmp_path: Path) -> None:
+    vms = tmp_path / "vms"
+    assert vz("vm", "linux", "init", "--name", "busy", "--output-dir", str(vms), "--kernel-profile", "container",
+              "--rootfs", str(busybox_rootfs), "--disk-size-gb", "1").returncode == 0
+    env = dict(vz_home, VZ_OCI_DATA_DIR=str(tmp_path / "oci"))
+    with subprocess.Popen([str(VZ), "vm", "linux", "run", "--output-dir", str(vms), "busy", "--",
+                           "sh", "-c", "echo up; sleep 30"], env=env, stdout=subprocess.PIPE, text=True) as first:
+        assert first.stdout is not None
+        assert first.stdout.readline() == "up\n"  # booted and running its command
+        for args in (("run", "--output-dir", str(vms), "busy", "--", "true"), ("rm", "--output-dir", str(vms), "busy")):
+            p = vz("vm", "linux", *args)
+            assert p.returncode == 88 and "running" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+        rows = json.loads(vz("vm", "linux", "ls", "--output-dir", str(vms), "--json").stdout)
+        assert rows[0]["status"] == "running"
+        assert first.wait(TIMEOUT) == 0
+    assert (vms / "busy.img").exists()
+    assert vz("vm", "linux", "rm", "--output-dir", str(vms), "busy").returncode == 0
