@@ -11,10 +11,12 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from benchmarks import agent_exec, ensure_installed
+from benchmarks import images as images_bench
 from benchmarks.figures import Figures
 
 from vz_linux import KernelProfile, layout
@@ -72,3 +74,20 @@ def test_metrics_fixture_records_json_lines(tmp_path: Path) -> None:
     assert (record["name"], record["unit"], record["value"]) == ("widget_rate", "count", 2.5)
     assert record["dimensions"]["test"].endswith("::test_one")
     assert record["machine"]["cpus"] == os.cpu_count() and record["when"].endswith("Z")
+
+
+def test_images_pull_figures(metrics: Figures, tmp_path: Path) -> None:
+    digest = images_bench.measure_pull(metrics, 2, tmp_path)
+    assert digest.startswith("sha256:")  # every pull, cold or again, stored the same manifest
+    for name in ("image_pull_cold", "image_pull_again"):
+        _assert_timed(metrics, name)
+
+
+@pytest.mark.vm
+@pytest.mark.kernel
+@pytest.mark.slow
+def test_images_persistent_vm_figures(metrics: Figures, tmp_path: Path, built_bundle: Callable[..., Path]) -> None:
+    images_bench.measure_vm(metrics, 1, built_bundle(KernelProfile.container), tmp_path)
+    for name in ("vm_persistent_run", "vm_initramfs_run"):
+        _assert_timed(metrics, name)
+    assert metrics.get("vm_init_ext4").value > 0

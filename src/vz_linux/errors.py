@@ -238,6 +238,31 @@ class TemplateError(SnapshotError):
     exit_code = 84
 
 
+# --- persistent Linux VMs (docs/vm.md, "Persistent VMs") --------------------------------------
+class VmNotFoundError(VmError):
+    """No descriptor NAME.linux.json in the VM directory."""
+
+    exit_code = 85
+
+
+class VmDiskError(VmError):
+    """The VM's disk cannot be made or booted: mke2fs failed, the rootfs does not fit, no ext4 on it."""
+
+    exit_code = 86
+
+
+class VmExistsError(VmError):
+    """``init --rootfs/--image`` over a VM whose disk already holds data (without ``--force``)."""
+
+    exit_code = 87
+
+
+class VmBusyError(VmError):
+    """The VM's disk is in use by another ``vz vm linux run`` (or ``rm`` of a running VM)."""
+
+    exit_code = 88
+
+
 # --- OCI (docs/oci.md) -----------------------------------------------------------------------
 class OciError(VzLinuxError):
     exit_code = 50
@@ -267,6 +292,30 @@ class ImageDigestError(ImageError):
     """An OCI image blob's content does not match the digest it is named by."""
 
     exit_code = 55
+
+
+class ImageReferenceError(ImageError):
+    """IMAGE is neither a local directory nor a registry reference ``[docker://]HOST/REPO[:TAG][@DIGEST]``."""
+
+    exit_code = 56
+
+
+class ImageNotPresentError(ImageError):
+    """``--pull=never`` and the image is not in the local store."""
+
+    exit_code = 57
+
+
+class ImageInUseError(ImageError):
+    """``vz oci rmi`` of an image a live container still runs from (without ``-f``)."""
+
+    exit_code = 58
+
+
+class ImageStoreError(ImageError):
+    """The local image store is damaged: an unreadable catalogue or a blob missing from it."""
+
+    exit_code = 59
 
 
 class CommandNotFoundError(OciError):

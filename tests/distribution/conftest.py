@@ -1,5 +1,5 @@
 """Fixtures for the distribution tests: signing keys, small real bundles and their signed releases,
-the real `vz-linux` console script on a fresh $HOME, and a real registry (tests/distribution/servers.py)."""
+the real `vz-linux` console script on a fresh $HOME, and a real registry (tests/local_registry.py)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`vz-linux push` / `pull` and references in the selection API, against a real registry: Debian's
-docker-registry on 127.0.0.1 with htpasswd basic auth (tests/distribution/servers.py). The pushed bundles are
+docker-registry on 127.0.0.1 with htpasswd basic auth (tests/local_registry.py). The pushed bundles are
 the real container bundles of both arches (kernels from the cache)."""
 
 from __future__ import annotations

@@ -51,6 +51,15 @@ def test_cmdline_parsing(tmp_path: Path) -> None:
     assert not marker.exists()  # the value is data, never evaluated
 
 
+@pytest.mark.parametrize(("word", "device"), [("root=/dev/vda", "/dev/vda"), ("root=/dev/vdc", "/dev/vdc"),
+                                               ("root=/dev/sda", ""), ("root=/dev/vda1", ""),
+                                               ("root=/dev/vd$(reboot)", ""), ("root=", "")])
+def test_root_device_parsing(word: str, device: str) -> None:
+    """Only a whole virtio-blk disk is a root: anything else leaves the initramfs root in place."""
+    proc = sh(f'VZ_INIT_SOURCE_ONLY=1 . {INIT}; parse_cmdline quiet \'{word}\'; echo "dev=$ROOT_DEV"')
+    assert proc.returncode == 0 and proc.stdout.splitlines()[-1] == f"dev={device}", proc.stderr
+
+
 def test_quiet_silences_log() -> None:
     proc = sh(f'VZ_INIT_SOURCE_ONLY=1 . {INIT}; log before; parse_cmdline quiet; log after')
     assert proc.stdout == "[vz-init] before\n"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from vz_linux.arch import Architecture
 from vz_linux.vm.agent_protocol import SERIAL_PORT_NAME
-from vz_linux.vm.qemu import Accel, QemuVm, Share, Transport
+from vz_linux.vm.qemu import Accel, Disk, QemuVm, Share, Transport
 
 
 def _opt(argv: list[str], flag: str) -> list[str]:
@@ -55,6 +55,19 @@ def test_shares_need_shared_memory_backend_and_one_device_each() -> None:
     assert "memory-backend-memfd,id=mem,size=512M,share=on" in _opt(argv, "-object")
     fs = [d for d in _opt(argv, "-device") if d.startswith("vhost-user-fs-device")]
     assert fs == ["vhost-user-fs-device,chardev=fs0,tag=rootfs", "vhost-user-fs-device,chardev=fs1,tag=vz-mount-0"]
+
+
+def test_disks_are_raw_virtio_blk_in_order_with_escaped_paths() -> None:
+    vm = QemuVm(arch=Architecture.x86_64, kernel=Path("/k"),
+                disks=(Disk(Path("/d/root,1.img")), Disk(Path("/d/data.img"), read_only=True)))
+    argv = vm.argv()
+    assert _opt(argv, "-drive") == ["file=/d/root,,1.img,if=none,id=disk0,format=raw,discard=unmap",
+                                    "file=/d/data.img,if=none,id=disk1,format=raw,discard=unmap,read-only=on"]
+    blk = [d for d in _opt(argv, "-device") if d.startswith("virtio-blk")]
+    assert blk == ["virtio-blk-device,drive=disk0", "virtio-blk-device,drive=disk1"]
+    pc = QemuVm(arch=Architecture.x86_64, kernel=Path("/k"), machine="pc", disks=(Disk(Path("/d/r.img")),))
+    assert "virtio-blk-pci,drive=disk0" in _opt(pc.argv(), "-device")
+    assert "-drive" not in QemuVm(arch=Architecture.x86_64, kernel=Path("/k")).argv()
 
 
 def test_network_vsock_and_pc_machine() -> None:

@@ -43,6 +43,17 @@ _HOST = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|localhost|[A-Za-z0-9-]+(?:\.[A-Za-z0
 
 
 @dataclass(frozen=True)
+class Platform:
+    """An OCI platform (``os``/``architecture`` of an image index entry)."""
+
+    os: str
+    architecture: str
+
+    def __str__(self) -> str:
+        return f"{self.os}/{self.architecture}"
+
+
+@dataclass(frozen=True)
 class Reference:
     """``HOST[:PORT]/REPO[:TAG][@sha256:…]``: the registry host is required (no implicit docker.io)."""
 
@@ -114,7 +125,7 @@ def classify(stderr: bytes, what: str) -> RegistryError:
                               "invalid username/password")):
         return RegistryAuthError(f"{what}: {msg}",
                                  hint=f"log in (credentials in ~/.docker/config.json or ${AUTH_FILE_ENV})")
-    if any(s in low for s in ("manifest unknown", "name unknown", "not found", "blob unknown")):
+    if any(s in low for s in ("manifest unknown", "name unknown", "not found", "blob unknown", "no image found")):
         return ReferenceNotFoundError(f"{what}: {msg}", hint="check the repository, tag and digest")
     hint = "pass --plain-http for a registry without TLS" if "https" in low else "is the registry reachable?"
     return RegistryError(f"{what}: {msg}", hint=hint)
@@ -123,10 +134,14 @@ def classify(stderr: bytes, what: str) -> RegistryError:
 @dataclass(frozen=True)
 class RegistryClient:
     plain_http: bool = False
+    # None: TLS off for a loopback registry (as Docker does), on otherwise; True/False: as said.
+    tls_verify: bool | None = None
     auth_file: Path | None = None  # else $REGISTRY_AUTH_FILE, else skopeo's defaults (~/.docker/config.json…)
     timeout: float = 1800.0
 
     def _tls(self, ref: Reference) -> str:
+        if self.tls_verify is not None:
+            return "true" if self.tls_verify else "false"
         return "false" if self.plain_http or ref.is_loopback else "true"
 
     def _auth(self) -> list[str]:
@@ -140,6 +155,13 @@ class RegistryClient:
     def pull_argv(self, ref: Reference, layout_dir: Path) -> list[str]:
         return ["skopeo", "copy", "--quiet", *self._auth(), f"--src-tls-verify={self._tls(ref)}",
                 ref.transport(), f"oci:{layout_dir}:bundle"]
+
+    def image_pull_argv(self, ref: Reference, layout_dir: Path, tag: str, platform: Platform,
+                        digest_file: Path) -> list[str]:
+        """One platform's image (chosen from an index by ``platform``) into an OCI layout as ``tag``."""
+        return ["skopeo", "--override-os", platform.os, "--override-arch", platform.architecture, "copy",
+                "--quiet", "--digestfile", str(digest_file), *self._auth(), f"--src-tls-verify={self._tls(ref)}",
+                ref.transport(), f"oci:{layout_dir}:{tag}"]
 
     def push_argv(self, layout_dir: Path, tag: str, ref: Reference, digest_file: Path) -> list[str]:
         return ["skopeo", "copy", "--quiet", "--all", "--digestfile", str(digest_file), *self._auth(),
@@ -160,16 +182,28 @@ class RegistryClient:
         """Copy the manifest ``ref`` (pinned by digest) and its blobs into a new OCI layout."""
         self._run(self.pull_argv(ref, layout_dir), f"pulling {ref}")
 
+    def pull_image(self, ref: Reference, layout_dir: Path, tag: str, platform: Platform) -> str:
+        """Copy the image ``ref`` names for ``platform`` into an OCI layout; its manifest digest there."""
+        with tempfile.TemporaryDirectory(prefix="vz-pull-") as tmp:
+            digest_file = Path(tmp) / "digest"
+            self._run(self.image_pull_argv(ref, layout_dir, tag, platform, digest_file), f"pulling {ref}")
+            return _read_digest(digest_file, f"pulling {ref}")
+
     def push(self, layout_dir: Path, tag: str, ref: Reference) -> str:
         """Push the layout's ``tag`` (an index and its manifests) to ``ref``; returns the pushed digest."""
         with tempfile.TemporaryDirectory(prefix="vz-push-") as tmp:
             digest_file = Path(tmp) / "digest"
             self._run(self.push_argv(layout_dir, tag, ref, digest_file), f"pushing to {ref}")
-            try:
-                digest = digest_file.read_text().strip()
-            except OSError:
-                digest = ""
-        if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
-            raise RegistryError(f"pushing to {ref}: skopeo reported success but no digest ({digest!r})",
-                                hint="check the registry with skopeo inspect")
-        return digest
+            return _read_digest(digest_file, f"pushing to {ref}")
+
+
+def _read_digest(digest_file: Path, what: str) -> str:
+    """The digest skopeo wrote with ``--digestfile`` (checked before anyone builds a path from it)."""
+    try:
+        digest = digest_file.read_text().strip()
+    except OSError:
+        digest = ""
+    if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+        raise RegistryError(f"{what}: skopeo reported success but no digest ({digest[:100]!r})",
+                            hint="check the registry with skopeo inspect")
+    return digest

@@ -1,7 +1,7 @@
-"""``vz``: OCI containers in micro-VMs (``vz oci …``) and VM descriptors (``vz vm linux init``).
+"""``vz``: OCI containers in micro-VMs (``vz oci …``) and persistent Linux VMs (``vz vm linux …``).
 
 A thin shim: options become typed objects (:class:`RuntimeConfig`, :class:`ContainerRequest`,
-:class:`InitRequest`), the library does the work, errors are printed by :func:`run_cli`.
+:class:`PullOptions`), the library does the work, errors are printed by :func:`run_cli`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from ..oci.config import RuntimeConfig, default_data_dir
 from ..oci.container import ContainerRequest, Sink, run_foreground
 from ..oci.spec import Volume, parse_env
 from ..profiles import KernelProfile
-from ..vm.descriptor import InitRequest, init_vm
+from . import image_cmds, vm_cmds
 from .common import out_console, run_cli, setup_logging
 
 _PROFILES = click.Choice([p.value for p in KernelProfile])
@@ -45,7 +45,7 @@ def vz(verbose: bool) -> None:
 
 @vz.group()
 def oci() -> None:
-    """Containers from a rootfs directory or an OCI image layout, each in its own micro-VM."""
+    """Containers from a registry image, an OCI image layout or a rootfs directory, each in its own micro-VM."""
 
 
 def _data_dir_option(f: Any) -> Any:
@@ -91,31 +91,34 @@ def _command(command: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _request(image: str, command: tuple[str, ...], env: tuple[str, ...], workdir: str | None,
-             volumes: tuple[str, ...], name: str | None) -> ContainerRequest:
+             volumes: tuple[str, ...], name: str | None, pull: dict[str, Any] | None = None) -> ContainerRequest:
     return ContainerRequest(image=image, command=_command(command), env=parse_env(env), workdir=workdir,
-                            volumes=tuple(Volume.parse(v) for v in volumes), name=name)
+                            volumes=tuple(Volume.parse(v) for v in volumes), name=name,
+                            pull=image_cmds.pull_options_from(**(pull or {})))
 
 
 @oci.command(context_settings=_POSITIONAL_TAIL)
 @click.option("--rm", "remove", is_flag=True, help="Remove the container's state when it exits.")
+@image_cmds.pull_options
 @_container_options
 def run(remove: bool, profile: str | None, name: str | None, env: tuple[str, ...], workdir: str | None,
         volumes: tuple[str, ...], net: bool, cpus: int, memory: int, exec_timeout: float | None,
-        data_dir: Path | None, image: str, command: tuple[str, ...]) -> int:
+        data_dir: Path | None, image: str, command: tuple[str, ...], **pull: Any) -> int:
     """Run CMD in a container from IMAGE; exit with its exit code."""
     cfg = _config(data_dir, profile, net, cpus, memory, exec_timeout)
-    req = _request(image, command, env, workdir, volumes, name)
+    req = _request(image, command, env, workdir, volumes, name, pull)
     return run_foreground(cfg, req, remove=remove, on_stdout=_write(sys.stdout), on_stderr=_write(sys.stderr))
 
 
 @oci.command(context_settings=_POSITIONAL_TAIL)
+@image_cmds.pull_options
 @_container_options
 def create(profile: str | None, name: str | None, env: tuple[str, ...], workdir: str | None,
            volumes: tuple[str, ...], net: bool, cpus: int, memory: int, exec_timeout: float | None,
-           data_dir: Path | None, image: str, command: tuple[str, ...]) -> int:
+           data_dir: Path | None, image: str, command: tuple[str, ...], **pull: Any) -> int:
     """Boot a VM for a container from IMAGE and prepare it; print its id (start it with `start`)."""
     cfg = _config(data_dir, profile, net, cpus, memory, exec_timeout)
-    state = lifecycle.create(cfg, _request(image, command, env, workdir, volumes, name))
+    state = lifecycle.create(cfg, _request(image, command, env, workdir, volumes, name, pull))
     click.echo(state.id)
     return 0
 
@@ -198,9 +201,13 @@ def logs(data_dir: Path | None, container: str) -> int:
     return 0
 
 
+for _cmd in image_cmds.COMMANDS:
+    oci.add_command(_cmd)
+
+
 @vz.group()
 def vm() -> None:
-    """VM descriptors."""
+    """Persistent VMs booted from an ext4 disk."""
 
 
 @vm.group()
@@ -208,27 +215,8 @@ def linux() -> None:
     """Linux guests booted from a vz-linux bundle."""
 
 
-@linux.command()
-@click.option("--name", required=True, help="VM name: writes NAME.linux.json and NAME.img.")
-@click.option("--output-dir", type=click.Path(path_type=Path), default=None, help="Default: ~/.vz/vms.")
-@click.option("--disk-size-gb", type=int, default=None, help="Sparse disk size (default 8, or the existing size).")
-@click.option("--kernel-profile", "profile", type=_PROFILES, default=None)
-@click.option("--kernel", type=click.Path(path_type=Path), default=None)
-@click.option("--initramfs", type=click.Path(path_type=Path), default=None)
-@click.option("--version-json", type=click.Path(path_type=Path), default=None)
-@click.option("--force", is_flag=True, help="Rewrite the descriptor and resize the disk.")
-def init(name: str, output_dir: Path | None, disk_size_gb: int | None, profile: str | None,
-         kernel: Path | None, initramfs: Path | None, version_json: Path | None, force: bool) -> int:
-    """Validate the kernel artifacts, create the disk image and write NAME.linux.json."""
-    result = init_vm(InitRequest(
-        name=name, output_dir=output_dir, disk_size_gb=disk_size_gb,
-        profile=KernelProfile.parse(profile) if profile else None,
-        kernel=kernel, initramfs=initramfs, version_json=version_json, force=force,
-    ))
-    d = result.descriptor
-    click.echo(f"{result.status.value}: {result.descriptor_path} (disk {d['disk']['path']}, "
-               f"{d['disk']['size_bytes'] // (1 << 30)} GiB, {d['profile']} {d['artifact_version']})")
-    return 0
+for _cmd in vm_cmds.COMMANDS:
+    linux.add_command(_cmd)
 
 
 def main(args: list[str] | None = None) -> NoReturn:

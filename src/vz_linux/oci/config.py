@@ -11,6 +11,7 @@ from ..bundle.model import KernelBundle
 from ..bundle.resolve import ensure_installed_profile
 from ..errors import InvalidConfigError
 from ..profiles import KernelProfile
+from .store import ImageStore
 
 AGENT_READY_TIMEOUT_ENV = "VZ_AGENT_READY_TIMEOUT_SECS"
 DATA_DIR_ENV = "VZ_OCI_DATA_DIR"
@@ -63,7 +64,16 @@ class RuntimeConfig:
 
     @property
     def images_dir(self) -> Path:
+        """Unpacked root filesystems, one per manifest digest."""
         return self.data_dir / "images"
+
+    @property
+    def store_dir(self) -> Path:
+        """The local OCI image store registry images are pulled into (:mod:`.store`)."""
+        return self.data_dir / "store"
+
+    def image_store(self) -> ImageStore:
+        return ImageStore(self.store_dir)
 
     def resolve_kernel(self) -> KernelBundle:
         """The validated, installed bundle this config boots (docs/selection.md)."""

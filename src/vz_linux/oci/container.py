@@ -12,12 +12,13 @@ on the host (docs/security.md) — run :func:`.guest.prepare_script` once, then 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import secrets
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..bundle.model import KernelBundle
@@ -30,7 +31,8 @@ from ..vm.guest_log import CappedLog
 from ..vm.linux_vm import LinuxVm, VmConfig, VmShare
 from . import guest
 from .config import RuntimeConfig
-from .image import Rootfs, find_command, prepare_image
+from .image import Rootfs, find_command
+from .pull import PullOptions, prepare
 from .spec import ProcessSpec, Volume, merge_env, namespaces_for, runtime_spec
 from .state import (
     CONFIG_FILE,
@@ -60,6 +62,7 @@ class ContainerRequest:
     workdir: str | None = None
     volumes: tuple[Volume, ...] = ()
     name: str | None = None
+    pull: PullOptions = field(default_factory=PullOptions)  # for a registry IMAGE: --pull, --tls-verify, platform overrides
 
 
 def store_for(cfg: RuntimeConfig) -> ContainerStore:
@@ -72,13 +75,15 @@ def _profile(cfg: RuntimeConfig) -> KernelProfile:
 
 def prepare_container(cfg: RuntimeConfig, req: ContainerRequest) -> tuple[ContainerState, KernelBundle]:
     """Everything that can be checked and written on the host, before a VM boots."""
-    rootfs: Rootfs = prepare_image(req.image, cfg.images_dir)
+    resolve_kernel = functools.cache(cfg.resolve_kernel)  # asked for early only by a registry IMAGE
+    rootfs: Rootfs = prepare(req.image, store=cfg.image_store(), images_dir=cfg.images_dir, opts=req.pull,
+                             guest=lambda: resolve_kernel().metadata.arch)
     args = req.command or rootfs.defaults.args
     env = merge_env(rootfs.defaults.env, req.env)
     cwd = req.workdir or rootfs.defaults.cwd
     process = ProcessSpec(args=tuple(args), env=env, cwd=cwd)
     find_command(rootfs.path, process.args[0], process.env, process.cwd)
-    bundle = cfg.resolve_kernel()
+    bundle = resolve_kernel()
     store = store_for(cfg)
     if req.name is not None:
         store.validate_name(req.name)

@@ -38,7 +38,7 @@ from ..run import run
 # Directories at least one of which every usable root filesystem has.
 _ROOTFS_MARKERS = ("bin", "sbin", "usr/bin", "usr/sbin")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_REF_ANNOTATION = "org.opencontainers.image.ref.name"
+REF_ANNOTATION = "org.opencontainers.image.ref.name"
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 # The image spec's grammar for ref.name (components of alphanumerics joined by separators).
 _TAG = re.compile(r"[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*(?:/[A-Za-z0-9]+(?:(?:[-._:@+]|--)[A-Za-z0-9]+)*)*")
@@ -81,7 +81,7 @@ def split_image_ref(image: str) -> tuple[Path, str | None]:
     return Path(base), (tag or None)
 
 
-def _json_object(data: bytes | str, what: str) -> dict[str, Any]:
+def json_object(data: bytes | str, what: str) -> dict[str, Any]:
     try:
         value = json.loads(data)
     except ValueError as e:
@@ -105,7 +105,7 @@ def _tagged_manifests(layout_dir: Path) -> dict[str, str]:
         text = (layout_dir / "index.json").read_bytes()
     except OSError as e:
         raise ImageError(f"cannot read {layout_dir}/index.json: {e.strerror}") from None
-    index = _json_object(text, f"{layout_dir}/index.json")
+    index = json_object(text, f"{layout_dir}/index.json")
     manifests = index.get("manifests", [])
     if not isinstance(manifests, list):
         raise ImageError(f"{layout_dir}/index.json: manifests is not a list")
@@ -117,11 +117,11 @@ def _tagged_manifests(layout_dir: Path) -> dict[str, str]:
         annotations = m.get("annotations", {})
         if not isinstance(annotations, dict):
             raise ImageError(f"{what}: annotations is not a map")
-        tag = annotations.get(_REF_ANNOTATION)
+        tag = annotations.get(REF_ANNOTATION)
         if tag is None:
             continue
         if not isinstance(tag, str) or not _TAG.fullmatch(tag):
-            raise ImageError(f"{what}: {_REF_ANNOTATION} {str(tag)[:100]!r} is not a valid tag")
+            raise ImageError(f"{what}: {REF_ANNOTATION} {str(tag)[:100]!r} is not a valid tag")
         if tag in tagged:
             raise ImageError(f"{layout_dir}/index.json names the tag {tag!r} twice")
         tagged[tag] = _digest_of(m, what)
@@ -163,17 +163,33 @@ def _read_blob(layout_dir: Path, digest: str, what: str) -> bytes:
     return data
 
 
-def _verified_manifest(layout_dir: Path, digest: str) -> None:
-    """The manifest and its config exist, match their digests and have the expected shape, so the
-    manifest digest is a key over verified content (umoci verifies the layers as it unpacks)."""
-    manifest = _json_object(_read_blob(layout_dir, digest, "manifest"), f"manifest {digest}")
+def _blob_size(descriptor: object) -> int:
+    size = descriptor.get("size") if isinstance(descriptor, dict) else None
+    return size if isinstance(size, int) and size >= 0 else 0
+
+
+def manifest_blobs(layout_dir: Path, digest: str) -> tuple[bytes, list[tuple[str, int]]]:
+    """The manifest ``digest`` (checked as :func:`_verified_manifest` does) and every blob it needs —
+    itself, its config, its layers — as (digest, size); ``digest`` must be validated already."""
+    data = _read_blob(layout_dir, digest, "manifest")
+    manifest = json_object(data, f"manifest {digest}")
     layers = manifest.get("layers")
     if not isinstance(layers, list):
         raise ImageError(f"manifest {digest}: layers is not a list")
-    for i, layer in enumerate(layers):
-        _digest_of(layer, f"manifest {digest}: layers[{i}]")
-    config_digest = _digest_of(manifest.get("config"), f"manifest {digest}: config")
-    config = _json_object(_read_blob(layout_dir, config_digest, "image config"), f"image config {config_digest}")
+    blobs = [(digest, len(data))]
+    config = manifest.get("config")
+    blobs.append((_digest_of(config, f"manifest {digest}: config"), _blob_size(config)))
+    blobs += [(_digest_of(layer, f"manifest {digest}: layers[{i}]"), _blob_size(layer))
+              for i, layer in enumerate(layers)]
+    return data, blobs
+
+
+def _verified_manifest(layout_dir: Path, digest: str) -> None:
+    """The manifest and its config exist, match their digests and have the expected shape, so the
+    manifest digest is a key over verified content (umoci verifies the layers as it unpacks)."""
+    _data, blobs = manifest_blobs(layout_dir, digest)
+    config_digest = blobs[1][0]
+    config = json_object(_read_blob(layout_dir, config_digest, "image config"), f"image config {config_digest}")
     inner = config.get("config") or {}
     if not isinstance(inner, dict):
         raise ImageError(f"image config {config_digest}: config is not an object")
@@ -239,7 +255,7 @@ def unpack_layout(layout_dir: Path, tag: str | None, images_dir: Path) -> Rootfs
             raise ImageError(f"the image cache entry {entry} changed while it was being used",
                              hint=f"remove {entry} and retry")
     try:
-        runtime_config = _json_object((entry / "config.json").read_bytes(), f"{entry}/config.json")
+        runtime_config = json_object((entry / "config.json").read_bytes(), f"{entry}/config.json")
     except OSError:
         runtime_config = {}
     return Rootfs(path=entry / "rootfs", image=f"{layout_dir}:{chosen}", digest=digest,

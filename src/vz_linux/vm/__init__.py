@@ -15,3 +15,4 @@ from .boot_verify import verify_boot as verify_boot
 from .linux_vm import LinuxVm as LinuxVm
 from .linux_vm import VmConfig as VmConfig
 from .linux_vm import VmShare as VmShare
+from .qemu import Disk as Disk

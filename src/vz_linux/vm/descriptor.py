@@ -1,8 +1,13 @@
-"""``vz vm linux init``: a VM descriptor ``N.linux.json`` plus its sparse disk image.
+"""``vz vm linux init``: a VM descriptor ``N.linux.json`` plus its disk image.
 
 The descriptor pins the exact kernel/initramfs a VM boots (paths and sha256) so a later boot can
 prove it runs what was set up. Re-running on a compatible setup changes nothing; a descriptor whose
 artifacts changed under it, or a disk of another size, is refused unless ``--force``.
+
+Without a root filesystem the disk is sparse and empty. With one (``--rootfs DIR`` / ``--image REF``,
+resolved to a directory by the caller) the disk is an ext4 filesystem populated from it by Debian's
+``mke2fs -d`` (e2fsprogs; no root, no loop device), made beside the disk and renamed into place, and
+the descriptor records ``root``: what :mod:`.persistent` boots with ``root=/dev/vda``.
 """
 
 from __future__ import annotations
@@ -21,14 +26,18 @@ from ..bundle.resolve import ensure_installed_profile
 from ..clock import utc_timestamp
 from ..errors import (
     ChecksumMismatchError,
+    CommandFailedError,
     DiskImageError,
     InvalidConfigError,
     MissingArtifactsError,
     ProfileMismatchError,
+    VmDiskError,
+    VmExistsError,
 )
-from ..fsutil import write_atomic
+from ..fsutil import publish_file, write_atomic
 from ..hashing import sha256_file
 from ..profiles import KernelProfile
+from ..run import run
 
 DESCRIPTOR_SCHEMA_VERSION = 1
 DESCRIPTOR_SUFFIX = ".linux.json"
@@ -74,6 +83,8 @@ class InitRequest:
     initramfs: Path | None = None
     version_json: Path | None = None
     force: bool = False
+    rootfs: Path | None = None  # populate the disk as ext4 from this directory
+    source: str | None = None  # what the rootfs came from (recorded): the --rootfs dir or the image
 
 
 class InitStatus(enum.StrEnum):
@@ -130,7 +141,9 @@ def resolve_artifacts(req: InitRequest) -> Artifacts:
     return installed_artifacts(req.profile)
 
 
-def build_descriptor(name: str, art: Artifacts, disk: Path, size_bytes: int, created: str) -> dict[str, Any]:
+def build_descriptor(name: str, art: Artifacts, disk: Path, size_bytes: int, created: str,
+                     root: dict[str, str] | None = None) -> dict[str, Any]:
+    optional = {"root": root} if root is not None else {}
     return {
         "schema_version": DESCRIPTOR_SCHEMA_VERSION,
         "image_name": name,
@@ -144,6 +157,7 @@ def build_descriptor(name: str, art: Artifacts, disk: Path, size_bytes: int, cre
         "sha256_kernel": art.sha256_kernel,
         "sha256_initramfs": art.sha256_initramfs,
         "created": created,
+        **optional,
     }
 
 
@@ -183,14 +197,51 @@ def _create_sparse(path: Path, size: int) -> None:
         os.close(fd)
 
 
+def make_ext4(rootfs: Path, disk: Path, size: int, label: str) -> None:
+    """``disk`` becomes a ``size``-byte ext4 holding ``rootfs`` (made beside it, renamed into place)."""
+    if not rootfs.is_dir():
+        raise VmDiskError(f"root filesystem {rootfs} is not a directory")
+    with publish_file(disk, mode=0o644) as tmp:
+        os.truncate(tmp, size)  # sparse: mke2fs writes only metadata and the files
+        argv = ["mke2fs", "-q", "-F", "-t", "ext4", "-L", label[:16], "-E", "root_owner=0:0",
+                "-d", str(rootfs), str(tmp)]
+        try:
+            r = run(argv, check=False, timeout=3600)
+        except CommandFailedError as e:
+            raise VmDiskError(f"mke2fs failed: {e}") from None
+        if r.returncode != 0:
+            msg = r.stderr.decode(errors="replace").strip().splitlines()
+            last = msg[-1] if msg else f"exit code {r.returncode}"
+            full = any(s in last.lower() for s in ("allocate", "no space", "too large", "could not"))
+            raise VmDiskError(f"mke2fs could not populate {disk.name} from {rootfs}: {last}",
+                              hint="pass a larger --disk-size-gb" if full else None)
+
+
+def _init_root(req: InitRequest, rootfs: Path, out: Path, desc_path: Path, disk: Path) -> InitResult:
+    """init with a root filesystem: a new ext4 disk (never over an existing VM's without --force)."""
+    if not req.force and (desc_path.exists() or disk.exists()):
+        raise VmExistsError(f"VM {req.name} already exists ({desc_path if desc_path.exists() else disk})",
+                            hint="pass --force to replace its disk (its data is lost), or pick another --name")
+    art = resolve_artifacts(req)
+    size = (req.disk_size_gb or DEFAULT_DISK_SIZE_GB) * _GIB
+    out.mkdir(parents=True, exist_ok=True)
+    existed = desc_path.exists()
+    make_ext4(rootfs, disk, size, req.name)
+    root = {"filesystem": "ext4", "device": "/dev/vda", "source": req.source or str(rootfs)}
+    descriptor = build_descriptor(req.name, art, disk, size, utc_timestamp(), root)
+    write_atomic(desc_path, (json.dumps(descriptor, indent=2) + "\n").encode())
+    return InitResult(InitStatus.updated if existed else InitStatus.created, desc_path, descriptor)
+
+
 def init_vm(req: InitRequest) -> InitResult:
-    if not _NAME.match(req.name):
-        raise InvalidConfigError(f"VM name {req.name!r} must be 1-64 of [A-Za-z0-9._-], starting alphanumeric")
+    check_name(req.name)
     if req.disk_size_gb is not None and req.disk_size_gb < 1:
         raise InvalidConfigError(f"--disk-size-gb must be at least 1, not {req.disk_size_gb}")
     out = (req.output_dir or default_vm_dir()).expanduser()
     desc_path = out / f"{req.name}{DESCRIPTOR_SUFFIX}"
     disk = (out / f"{req.name}{DISK_SUFFIX}").absolute()
+    if req.rootfs is not None:
+        return _init_root(req, req.rootfs, out, desc_path, disk)
     art = resolve_artifacts(req)
 
     existing = read_descriptor(desc_path) if desc_path.exists() and not req.force else None
@@ -244,4 +295,9 @@ def init_vm(req: InitRequest) -> InitResult:
     return InitResult(status, desc_path, descriptor)
 
 
-__all__ = ["InitRequest", "InitResult", "InitStatus", "init_vm", "verify_descriptor"]
+def check_name(name: str) -> None:
+    if not _NAME.match(name):
+        raise InvalidConfigError(f"VM name {name!r} must be 1-64 of [A-Za-z0-9._-], starting alphanumeric")
+
+
+__all__ = ["InitRequest", "InitResult", "InitStatus", "check_name", "init_vm", "make_ext4", "verify_descriptor"]

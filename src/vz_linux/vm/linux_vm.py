@@ -50,7 +50,7 @@ from ..version import AGENT_PROTOCOL_REVISION
 from .accel import AccelChoice, AccelVerdict, resolve_accel
 from .agent_client import AgentClient, AgentHello, ExecResult, ExecStream, ProbeResult
 from .guest_log import CappedLog
-from .qemu import Accel, QemuVm, Share, Transport, host_tsc_khz, vhost_vsock_available
+from .qemu import Accel, Disk, QemuVm, Share, Transport, host_tsc_khz, vhost_vsock_available
 from .snapshot import (
     STATE,
     OpenSnapshot,
@@ -100,6 +100,7 @@ class VmConfig:
     network: bool = False
     rootfs: Path | None = None  # shared as tag "rootfs": init overlays it and chroots (docs/guest.md)
     shares: tuple[VmShare, ...] = ()  # further shares, conventionally tagged vz-mount-N
+    disks: tuple[Disk, ...] = ()  # virtio-blk: /dev/vda, /dev/vdb… (root=/dev/vda boots from the first)
     serial_log: Path | None = None  # None: kept in the VM's work dir (for error reports) and deleted
     serial_log_limit: int = SERIAL_LOG_LIMIT  # bytes per file; the log keeps this file and one rotated
     accel: AccelChoice | str = AccelChoice.auto
@@ -142,6 +143,9 @@ class VmConfig:
         for s in self.all_shares():
             if not s.source.is_dir():
                 raise InvalidConfigError(f"share {s.tag}: {s.source} is not a directory")
+        for d in self.disks:
+            if not d.path.is_file():
+                raise InvalidConfigError(f"disk {d.path} is not a regular file")
 
 
 @dataclass(frozen=True)
@@ -216,8 +220,10 @@ def describe(config: VmConfig, accel: Accel, workdir: Path, shares: tuple[Share,
     return QemuVm(
         arch=config.arch, kernel=config.kernel, initramfs=config.initramfs, cpus=config.cpus,
         memory_mib=config.memory_mib, accel=accel, cmdline_extra=config.cmdline_extra,
-        fast_cmdline=config.fast_cmdline, hardening_cmdline=config.hardening_cmdline, serial_socket=workdir / "serial.sock", agent_socket=workdir / "agent.sock",
-        qmp_socket=workdir / "qmp.sock", network=config.network, shares=shares, hvc_console=config.hvc_console,
+        fast_cmdline=config.fast_cmdline, hardening_cmdline=config.hardening_cmdline,
+        serial_socket=workdir / "serial.sock", agent_socket=workdir / "agent.sock",
+        qmp_socket=workdir / "qmp.sock", network=config.network, shares=shares, disks=config.disks,
+        hvc_console=config.hvc_console,
         vsock_cid=config.vsock_cid if config.vsock_cid is not None and vhost_vsock_available() else None,
         machine=config.machine, transport=config.transport,
         tsc_khz=host_tsc_khz() if config.tell_tsc_rate and tcg_x86 else None, incoming=incoming,

@@ -76,6 +76,15 @@ class Share:
 
 
 @dataclass(frozen=True)
+class Disk:
+    """A raw disk image offered to the guest as a virtio-blk device (``/dev/vda``, ``/dev/vdb``… in
+    order). The file is the user's (a persistent VM's disk), never a path built from guest output."""
+
+    path: Path
+    read_only: bool = False
+
+
+@dataclass(frozen=True)
 class QemuVm:
     arch: Architecture
     kernel: Path
@@ -95,6 +104,7 @@ class QemuVm:
     vsock_cid: int | None = None
     network: bool = False
     shares: tuple[Share, ...] = ()
+    disks: tuple[Disk, ...] = ()
     # A virtconsole on the agent's virtio-serial bus makes /dev/hvc0 exist (hvc0_serial probe).
     hvc_console: bool = True
     # None: the arch's default (Architecture.qemu_machine). "pc" boots stock distro kernels: theirs
@@ -186,6 +196,11 @@ class QemuVm:
             for i, share in enumerate(self.shares):
                 a += ["-chardev", f"socket,id=fs{i},path={qemu_opt(share.socket)}",
                       "-device", f"{self.virtio.device('vhost-user-fs')},chardev=fs{i},tag={share.tag}"]
+        for i, disk in enumerate(self.disks):
+            # Raw, no format probing (a guest-written header must never change how QEMU reads it).
+            ro = ",read-only=on" if disk.read_only else ""
+            a += ["-drive", f"file={qemu_opt(disk.path)},if=none,id=disk{i},format=raw,discard=unmap{ro}",
+                  "-device", f"{self.virtio.device('virtio-blk')},drive=disk{i}"]
         if self.incoming:
             a += ["-incoming", "defer"]
         a += list(self.extra_args)
