@@ -39,6 +39,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
+from typing import Protocol
 
 from ..errors import (
     AgentError,
@@ -745,6 +746,15 @@ class AgentClient:
 def _identity(f: Frame) -> tuple[int, int]:
     """Which agent process sent this hello reply: its pid and when it started."""
     return f.int(Tag.PID) or 0, f.int(Tag.START_BOOTTIME_NS) or 0
+
+
+class ExecControl(Protocol):
+    """What a terminal front end drives on a running exec (an :class:`ExecStream`, or a container
+    exec relayed by its supervisor)."""
+
+    def write_stdin(self, data: bytes, *, timeout: float | None = None) -> None: ...
+    def close_stdin(self, *, timeout: float | None = None) -> None: ...
+    def resize(self, rows: int, cols: int) -> None: ...
 
 
 class ExecStream:
