@@ -49,8 +49,11 @@ def pty_vz(vz_env: dict[str, str], tmp_path: Path, vz: Vz) -> Iterator[Callable[
 def test_run_it_with_publish(pty_vz: Callable[..., PtyCli], busybox_rootfs: Path) -> None:
     port = _free_port()
     script = ("mkdir -p /tmp/www && for i in $(seq 0 19); do echo page-$i > /tmp/www/p$i; done; "
-              "httpd -p 127.0.0.1:80 -h /tmp/www; tty; stty size; echo ready; read x; stty size; "
-              'trap "echo got-int; exit 9" INT; echo armed; while :; do sleep 0.1; done')
+              # In the foreground and stopped at the end: without a PID namespace (container
+              # profile) a daemon left behind keeps `crun run` waiting (docs/oci.md).
+              "httpd -f -p 127.0.0.1:80 -h /tmp/www & hp=$!; "
+              "until wget -q -O /dev/null http://127.0.0.1/p0; do sleep 0.2; done; tty; stty size; echo ready; read x; stty size; "
+              'trap "kill $hp; echo got-int; exit 9" INT; echo armed; while :; do sleep 0.1; done')
     cli = pty_vz("oci", "run", "--rm", "-it", "-p", f"{port}:80", "--kernel-profile", "container",
                  str(busybox_rootfs), "--", "sh", "-c", script, rows=30, cols=100)
     out = cli.read_until(rb"ready")
