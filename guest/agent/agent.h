@@ -87,6 +87,7 @@ int pty_resize(int master, uint16_t rows, uint16_t cols);
 /* forward.c: connections to 127.0.0.1:PORT in the guest (or a container's netns) */
 #define MAX_FWDS 256
 #define FWD_QUEUE_LIMIT (1u << 20) /* host data not yet written to the guest socket */
+#define FWD_CHUNK (128u << 10)     /* guest socket bytes read per pass (one FORWARD_RECV) */
 struct fwd {
     int used;
     struct conn *conn;

@@ -231,7 +231,7 @@ static int fwd_write(struct fwd *f)
 
 static void fwd_read(struct fwd *f)
 {
-    static uint8_t chunk[CHUNK];
+    static uint8_t chunk[FWD_CHUNK];
     ssize_t n = read(f->fd, chunk, sizeof chunk);
     if (n < 0 && (errno == EAGAIN || errno == EINTR))
         return;
