@@ -409,7 +409,9 @@ class AgentClient:
             inbox.fail(AgentProtocolError(
                 f"{self._description} sent more than {inbox.limit >> 20} MiB for request {rid} that "
                 "was not read yet (it ignored flow control)"), close=True)
-            if inbox.flow:
+            if isinstance(inbox, _ForwardInbox):
+                self._outbox.put(encode_frame(Msg.FORWARD_CLOSE, rid))
+            elif inbox.flow:
                 self._cancel(rid)
 
     def _fail_all(self, error: AgentError, *, broken: bool) -> None:
@@ -992,7 +994,7 @@ class ForwardChannel:
         except queue.Empty:
             raise AgentTimeoutError(f"{self._what}: nothing arrived within {timeout:.0f}s") from None
         if isinstance(item, AgentError):
-            self._forget()
+            self.close()  # a FORWARD_CLOSE for an id the agent already freed is ignored
             raise _reraise(item)
         if resume:
             self._client._outbox.put(encode_frame(Msg.FLOW, self.rid, [(Tag.PAUSE, 0)]))
