@@ -133,3 +133,39 @@ def test_exec_it_in_a_running_container(vz: Vz, pty_vz: Callable[..., PtyCli], b
     assert cli.wait() == 0
     assert comparable(termios.tcgetattr(cli.slave)) == comparable(cli.before)
     vz("oci", "rm", "-f", "term", check=True)
+
+
+def test_create_start_publish_is_owned_by_the_supervisor(vz: Vz, busybox_rootfs: Path) -> None:
+    port = _free_port()
+    vz("oci", "create", "-p", f"{port}:80", "--kernel-profile", "container", "--name", "web",
+       str(busybox_rootfs), "--", "sh", "-c",
+       "mkdir -p /tmp/www && echo from-web > /tmp/www/i && exec httpd -f -p 127.0.0.1:80 -h /tmp/www", check=True)
+    vz("oci", "start", "web", check=True)  # the CLI is gone: the supervisor serves the forward
+
+    def get() -> bytes:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/i", timeout=120) as r:
+            return bytes(r.read())
+
+    deadline = time.monotonic() + 120
+    while True:  # httpd starts asynchronously after `start` returns
+        try:
+            body = get()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the forward never served"
+            time.sleep(1)
+    assert body == b"from-web\n"
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        assert list(pool.map(lambda _: get(), range(20))) == [b"from-web\n"] * 20
+    vz("oci", "stop", "-t", "2", "web", check=True)
+    with pytest.raises(OSError):
+        get()  # the listener went with the supervisor
+    vz("oci", "rm", "web", check=True)
+
+
+def test_create_with_a_port_in_use_leaves_nothing(vz: Vz, busybox_rootfs: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        p = vz("oci", "create", "-p", f"{taken.getsockname()[1]}:80", "--kernel-profile", "container",
+               str(busybox_rootfs), "--", "true")
+    assert p.returncode == 71 and "in use" in p.stderr, p.stderr
+    assert vz("oci", "ps", "-a", "--json", check=True).stdout.strip() == "[]"

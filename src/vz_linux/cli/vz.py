@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -88,6 +89,11 @@ def _container_options(f: Any) -> Any:
     return f
 
 
+def _publish_option(f: Any) -> Any:
+    return click.option("-p", "--publish", "ports", multiple=True, metavar="[HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp]",
+                        help="Forward a host TCP port (default on 127.0.0.1) to the container's port.")(f)
+
+
 def _terminal_options(f: Any) -> Any:
     f = click.option("-t", "--tty", is_flag=True, help="Run the process on a terminal.")(f)
     return click.option("-i", "--interactive", is_flag=True,
@@ -113,8 +119,7 @@ def _request(image: str, command: tuple[str, ...], env: tuple[str, ...], workdir
 
 @oci.command(context_settings=_POSITIONAL_TAIL)
 @click.option("--rm", "remove", is_flag=True, help="Remove the container's state when it exits.")
-@click.option("-p", "--publish", "ports", multiple=True, metavar="[HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp]",
-              help="Forward a host TCP port (default on 127.0.0.1) to the container's port.")
+@_publish_option
 @_terminal_options
 @_container_options
 def run(remove: bool, ports: tuple[str, ...], tty: bool, interactive: bool, profile: str | None,
@@ -124,20 +129,23 @@ def run(remove: bool, ports: tuple[str, ...], tty: bool, interactive: bool, prof
     """Run CMD in a container from IMAGE; exit with its exit code."""
     cfg = _config(data_dir, profile, net, cpus, memory, exec_timeout)
     req = _request(image, command, env, workdir, volumes, name)
-    forwards = parse_ports(ports)
+    req = replace(req, ports=parse_ports(ports))
     return _attached(tty, interactive, lambda attach: run_foreground(
         cfg, req, remove=remove, on_stdout=_write(sys.stdout), on_stderr=_write(sys.stderr),
-        attach=attach, ports=forwards))
+        attach=attach))
 
 
 @oci.command(context_settings=_POSITIONAL_TAIL)
+@_publish_option
 @_container_options
-def create(profile: str | None, name: str | None, env: tuple[str, ...], workdir: str | None,
-           volumes: tuple[str, ...], net: bool, cpus: int, memory: int, exec_timeout: float | None,
-           data_dir: Path | None, image: str, command: tuple[str, ...]) -> int:
-    """Boot a VM for a container from IMAGE and prepare it; print its id (start it with `start`)."""
+def create(ports: tuple[str, ...], profile: str | None, name: str | None, env: tuple[str, ...],
+           workdir: str | None, volumes: tuple[str, ...], net: bool, cpus: int, memory: int,
+           exec_timeout: float | None, data_dir: Path | None, image: str, command: tuple[str, ...]) -> int:
+    """Boot a VM for a container from IMAGE and prepare it; print its id (start it with `start`).
+    Published ports (-p) are listened on from now and served once the container is started."""
     cfg = _config(data_dir, profile, net, cpus, memory, exec_timeout)
-    state = lifecycle.create(cfg, _request(image, command, env, workdir, volumes, name))
+    req = replace(_request(image, command, env, workdir, volumes, name), ports=parse_ports(ports))
+    state = lifecycle.create(cfg, req)
     click.echo(state.id)
     return 0
 

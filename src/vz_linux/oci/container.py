@@ -62,6 +62,7 @@ class ContainerRequest:
     workdir: str | None = None
     volumes: tuple[Volume, ...] = ()
     name: str | None = None
+    ports: tuple[ForwardSpec, ...] = ()  # -p, host side bound by whoever owns the VM
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ def prepare_container(cfg: RuntimeConfig, req: ContainerRequest) -> tuple[Contai
         state = ContainerState(
             id=cid, name=req.name or cid, image=rootfs.image, rootfs=str(rootfs.path),
             profile=_profile(cfg).value, args=process.args, env=process.env, cwd=process.cwd,
-            volumes=req.volumes, network=cfg.network, cpus=cfg.cpus, memory_mib=cfg.memory_mib,
+            volumes=req.volumes, ports=req.ports, network=cfg.network, cpus=cfg.cpus, memory_mib=cfg.memory_mib,
         )
         store.write(state)
     except BaseException:
@@ -154,6 +155,7 @@ class ContainerVm:
         self._vm: LinuxVm | None = None
         # Seconds per phase of the last boot/run (what benchmarks/oci_run.py reports).
         self.timings: dict[str, float] = {}
+        self._netns: str | None = None
 
     def vm_config(self) -> VmConfig:
         # Read-only on the host, not just by the guest's mount flags: a guest root can remount.
@@ -266,16 +268,19 @@ class ContainerVm:
 
     def netns_path(self) -> str | None:
         """The container's network namespace file in the guest, for port forwards (None: it shares
-        the VM's, ``--net``). Waits a little for crun to have started the process."""
+        the VM's, ``--net``). Waits a little for crun to have started the process; remembered."""
         if self.state.network:
             return None
+        if self._netns is not None:
+            return self._netns
         deadline = time.monotonic() + _NETNS_WAIT
         while True:
             r = self.vm.agent.exec_collect(guest.crun_argv("state", self.state.id), timeout=30,
                                            max_output=_COLLECT_LIMIT)
             pid = guest.running_pid(r.stdout) if r.ok else None
             if pid is not None:
-                return f"/proc/{pid}/ns/net"
+                self._netns = f"/proc/{pid}/ns/net"
+                return self._netns
             if time.monotonic() > deadline:
                 raise OciError(f"container {self.state.name} has no running process to forward ports to")
             time.sleep(0.2)
@@ -291,14 +296,14 @@ def _not_found_is_127(code: int, stderr_tail: bytes) -> int:
 
 def run_foreground(cfg: RuntimeConfig, req: ContainerRequest, *, remove: bool,
                    on_stdout: Sink, on_stderr: Sink, timings: dict[str, float] | None = None,
-                   attach: Attach = DETACHED, ports: tuple[ForwardSpec, ...] = ()) -> int:
+                   attach: Attach = DETACHED) -> int:
     """``vz oci run``: boot, run, stream, return the container's exit code.
 
     ``timings``, when given, receives the seconds spent per phase (host prepare, boot → agent,
     guest prepare, crun run, VM stop).
     """
     t0 = time.monotonic()
-    forwarder = PortForwarder(ports)
+    forwarder = PortForwarder(req.ports)
     forwarder.bind()  # a port in use fails here, before anything is written or booted
     try:
         return _run_foreground(cfg, req, remove, on_stdout, on_stderr, timings, attach, forwarder, t0)
@@ -318,14 +323,7 @@ def _run_foreground(cfg: RuntimeConfig, req: ContainerRequest, remove: bool, on_
         with ContainerVm(cfg, state, bundle, cdir) as cvm:
             store.update(state.id, status=Status.running, started=now())
             started = True
-            netns: str | None = None
-
-            def resolve_netns() -> str | None:
-                nonlocal netns
-                netns = netns or cvm.netns_path()
-                return netns
-
-            forwarder.start(cvm.vm.agent, resolve_netns)
+            forwarder.start(cvm.vm.agent, cvm.netns_path)
             code = cvm.run(on_stdout, on_stderr, log=not remove, attach=attach)
             t_stop = time.monotonic()
         if timings is not None:

@@ -31,6 +31,7 @@ from ..errors import ContainerStateError, OciError, VzLinuxError
 from ..profiles import KernelProfile
 from ..vm.agent_client import ExecControl
 from ..vm.agent_protocol import MAX_WINSIZE
+from ..vm.port_forward import PortForwarder
 from .config import RuntimeConfig
 from .container import Attach, ContainerVm
 from .spec import merge_env
@@ -210,6 +211,7 @@ class Supervisor:
         self.shutdown = threading.Event()
         self.lock = threading.Lock()
         self.runner: threading.Thread | None = None
+        self.forwarder = PortForwarder(())  # -p: owned here, served from `start` until the end
         self.exit_code: int | None = None
         self.stopping = False
 
@@ -269,6 +271,7 @@ class Supervisor:
     def _run_container(self) -> None:
         assert self.cvm is not None
         try:
+            self.forwarder.start(self.cvm.vm.agent, self.cvm.netns_path)
             code = self.cvm.run(None, None)
             status = Status.stopped if self.stopping else Status.exited
             self.exit_code = code
@@ -342,6 +345,8 @@ class Supervisor:
         try:
             bundle = self.cfg.resolve_kernel()
             state = self.store.read(self.id)
+            self.forwarder = PortForwarder(state.ports)
+            self.forwarder.bind()  # before the boot: a port in use fails `create` (71)
             with ContainerVm(self.cfg, state, bundle, self.cdir) as cvm:
                 self.cvm = cvm
                 self.store.update(self.id, status=Status.created)
@@ -360,6 +365,7 @@ class Supervisor:
             self._fail(OciError(f"supervisor crashed: {type(e).__name__}: {e}"))
             return 1
         finally:
+            self.forwarder.close()
             self.listener.close()
             with contextlib.suppress(FileNotFoundError):
                 (self.cdir / SUPERVISOR_SOCKET).unlink()
