@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 
-from ..errors import AgentError, PortInUseError
+from ..errors import AgentError, PortInUseError, VzLinuxError
 from .agent_client import AgentClient, ForwardChannel
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class PortForwarder:
             assert self._agent is not None
             try:
                 channel = self._agent.forward_open(spec.guest_port, netns=self._netns(), timeout=_OPEN_TIMEOUT)
-            except AgentError as e:
+            except VzLinuxError as e:  # nothing listens, the agent is gone, no container netns yet
                 self._note(f"{spec.describe()}: {e}")
                 return  # the client sees its connection closed at once
             with channel:
