@@ -111,6 +111,21 @@ static void attach_pty(struct exec *e, int master, int *err_w)
     *err_w = -1;
 }
 
+/* Like a shell: the command "ran" and exited 127 (126 for other errors) with the reason on its
+ * stderr (`err_w`, or the agent's when there is none), so hosts need no special case. */
+static void exec_failed(struct exec *e, int spawn_errno, const char *msg, int err_w)
+{
+    dprintf(err_w >= 0 ? err_w : 2, "vz-agent: %s\n", msg);
+    e->reaped = 1;
+    e->status = (spawn_errno == ENOENT ? 127 : 126) << 8;
+    e->reaped_at = now_ms();
+    e->exec_errno = spawn_errno;
+    snprintf(e->message, sizeof e->message, "%s", msg);
+    close_fd(&e->in_fd);
+    if (e->pty_fd >= 0)
+        close_fd(&e->out_fd); /* nothing ever opened the terminal: no EIO would come */
+}
+
 struct exec *exec_start(struct conn *c, uint32_t id, const struct vz_exec_req *r, int probe,
                         const char **err, int *err_errno)
 {
@@ -176,20 +191,8 @@ struct exec *exec_start(struct conn *c, uint32_t id, const struct vz_exec_req *r
     e->pty_fd = -1;
     if (master >= 0)
         attach_pty(e, master, &errp[1]);
-    if (spawn_errno) {
-        /* Like a shell: the command "ran" and exited 127 (126 for other errors) with the reason on
-         * its stderr, so hosts need no special case. */
-        int fd = probe ? -1 : errp[1];
-        dprintf(fd >= 0 ? fd : 2, "vz-agent: %s\n", msg);
-        e->reaped = 1;
-        e->status = (spawn_errno == ENOENT ? 127 : 126) << 8;
-        e->reaped_at = now_ms();
-        e->exec_errno = spawn_errno;
-        snprintf(e->message, sizeof e->message, "%s", msg);
-        close_fd(&e->in_fd);
-        if (e->pty_fd >= 0)
-            close_fd(&e->out_fd); /* nothing ever opened the terminal: no EIO would come */
-    }
+    if (spawn_errno)
+        exec_failed(e, spawn_errno, msg, probe ? -1 : errp[1]);
     close_fd(&errp[1]);
     if (probe) /* stderr shares stdout's pipe */
         close_fd(&e->err_fd);
