@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import os
 import re
+import signal
 import socket
 import subprocess
 import termios
@@ -72,6 +74,20 @@ def test_run_it_with_publish(pty_vz: Callable[..., PtyCli], busybox_rootfs: Path
     cli.write(b"\x03")
     cli.read_until(rb"got-int")
     assert cli.wait() == 9
+    assert comparable(termios.tcgetattr(cli.slave)) == comparable(cli.before)
+
+
+def test_run_it_terminal_restored_after_the_vm_is_killed(pty_vz: Callable[..., PtyCli],
+                                                          busybox_rootfs: Path) -> None:
+    cli = pty_vz("oci", "run", "--rm", "-it", "--kernel-profile", "container", str(busybox_rootfs), "--",
+                 "sh", "-c", "echo up; sleep 1000")
+    cli.read_until(rb"up")
+    qemus = cli.qemu_pids()
+    assert qemus
+    for q in qemus:
+        os.kill(q, signal.SIGKILL)
+    code = cli.wait()
+    assert code not in (0, 1) and b"Traceback" not in cli.out, cli.out[-2000:]
     assert comparable(termios.tcgetattr(cli.slave)) == comparable(cli.before)
 
 

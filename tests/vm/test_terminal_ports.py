@@ -72,6 +72,17 @@ def test_terminal_restored_after_the_vm_is_killed(pty_cli: Callable[..., PtyCli]
     assert comparable(termios.tcgetattr(cli.slave)) == comparable(cli.before)
 
 
+def test_terminal_restored_after_sigterm(pty_cli: Callable[..., PtyCli]) -> None:
+    cli = pty_cli(["-t", "-i", "--", "sh", "-c", "echo up; sleep 1000"])
+    cli.read_until(rb"up")
+    assert termios.tcgetattr(cli.slave)[3] & termios.ECHO == 0
+    cli.proc.send_signal(signal.SIGTERM)  # run_cli turns it into an exception: everything unwinds
+    code = cli.wait()
+    assert code != 0 and b"Traceback" not in cli.out
+    assert comparable(termios.tcgetattr(cli.slave)) == comparable(cli.before)
+    assert cli.qemu_pids() == []
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
