@@ -4,8 +4,10 @@
 Usage: .venv/bin/python benchmarks/term.py --bundle-dir DIR [--keys N] [--mib M] [--figures FILE]
 
 * keystroke_echo — one byte written to a TTY exec (``cat`` on the guest terminal) until its echo
-  comes back: STDIN → the guest pty's line discipline → OUTPUT, over the agent channel (what ``-it``
-  adds per key; the CLI's stdin thread adds one thread hop on top);
+  comes back: STDIN → the guest pty's line discipline → OUTPUT, over the agent channel;
+* keystroke_echo_cli — the same end to end through ``vz-linux run -it -- cat`` on a host pty: the
+  host terminal in raw mode → the CLI's stdin thread → the agent → the guest pty → the CLI → the
+  host terminal (what a user typing feels);
 * forward_download_mibps — M MiB from ``busybox httpd`` in the guest (a tmpfs file) to the host
   through a ``-p`` forward (:class:`PortForwarder`), read by a plain host socket;
 * virtiofs_copy_mibps — the same file copied by the guest onto a virtiofs share of a host directory
@@ -19,9 +21,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import socket
+import subprocess
 import sys
 import tempfile
+import termios
 import time
 from pathlib import Path
 
@@ -49,6 +54,44 @@ def keystrokes(agent: AgentClient, n: int) -> list[float]:
                 got += next(it).data
             out.append((time.perf_counter() - t0) * 1000)
     return out
+
+
+def keystrokes_cli(bundle_dir: Path, n: int) -> list[float]:
+    """Like :func:`keystrokes`, through the real CLI on a host pseudo-terminal."""
+    master, slave = os.openpty()
+    argv = ["setsid", "--ctty", sys.executable, "-c", "from vz_linux.cli.main import main; main()", "run",
+            "--bundle-dir", str(bundle_dir), "--cold", "-t", "-i", "--", "sh", "-c", "echo ready; exec cat"]
+    proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    out: list[float] = []
+    try:
+        _pty_wait(master, b"ready", 300)
+        if termios.tcgetattr(slave)[3] & termios.ECHO:  # else the host's own echo would be timed
+            raise SystemExit("the CLI did not put the terminal in raw mode")
+        for i in range(n):
+            key = bytes([ord("a") + i % 26])
+            t0 = time.perf_counter()
+            os.write(master, key)
+            _pty_wait(master, key, 60)
+            out.append((time.perf_counter() - t0) * 1000)
+        os.write(master, b"\x03")  # raw mode: ^C reaches the guest terminal and ends cat
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+        os.close(slave)
+    return out
+
+
+def _pty_wait(fd: int, want: bytes, timeout: float) -> None:
+    got, deadline = b"", time.monotonic() + timeout
+    while want not in got:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise SystemExit(f"no {want!r} from the CLI within {timeout:.0f}s: {got[-500:]!r}")
+        if select.select([fd], [], [], min(left, 1.0))[0]:
+            got += os.read(fd, 4096)
 
 
 def _free_port() -> int:
@@ -83,6 +126,7 @@ def _guest(agent: AgentClient, script: str) -> float:
 
 
 def measure(figures: Figures, bundle_dir: Path, keys: int, mib: int) -> None:
+    figures.put_samples("keystroke_echo_cli", keystrokes_cli(bundle_dir, keys))
     with tempfile.TemporaryDirectory(prefix="vz-term-bench-") as tmp:
         share = VmShare("vz-mount-0", Path(tmp))
         cfg = VmConfig.from_bundle(bundle_dir, memory_mib=256 + 2 * mib, shares=(share,),

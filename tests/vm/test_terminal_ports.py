@@ -125,7 +125,7 @@ def test_publish_serves_20_concurrent_requests_and_refuses_a_dead_port(container
 def test_term_benchmark_smoke(metrics: Figures, container_bundle: Path) -> None:
     """benchmarks/term.py measures what its names say (a few keys, 4 MiB); no speed is asserted."""
     term_bench.measure(metrics, container_bundle, keys=5, mib=4)
-    for name in ("keystroke_echo_p50", "keystroke_echo_p95"):
+    for name in ("keystroke_echo_p50", "keystroke_echo_p95", "keystroke_echo_cli_p50", "keystroke_echo_cli_p95"):
         assert metrics.get(name).unit == "ms" and metrics.get(name).value > 0
     assert metrics.get("keystroke_echo_p50").n == 5
     for name in ("forward_download_mibps", "virtiofs_copy_mibps", "exec_stdout_mibps"):
