@@ -49,6 +49,7 @@ struct exec {
     struct buf stdin_q;
     int stdin_eof;
     int paused;          /* the host asked us to stop reading its output (FLOW) */
+    int pty_fd;          /* TTY exec: the terminal's master (in_fd and out_fd are dups of it); else -1 */
     int reaped, status, timed_out, exec_errno;
     int64_t deadline, reaped_at;
     char name[64];
@@ -78,6 +79,35 @@ void exec_tick(void);
 void exec_write_stdin(struct exec *e);
 void exec_read_pipe(struct exec *e, int stream);
 int exec_count(const struct conn *c);
+
+/* pty.c */
+int pty_open(int *master, char *slave, size_t slave_len, uint16_t rows, uint16_t cols);
+int pty_resize(int master, uint16_t rows, uint16_t cols);
+
+/* forward.c: connections to 127.0.0.1:PORT in the guest (or a container's netns) */
+#define MAX_FWDS 256
+#define FWD_QUEUE_LIMIT (1u << 20) /* host data not yet written to the guest socket */
+#define FWD_CHUNK (128u << 10)     /* guest socket bytes read per pass (one FORWARD_RECV) */
+struct fwd {
+    int used;
+    struct conn *conn;
+    uint32_t id;
+    int fd;
+    uint16_t port;
+    int connecting; /* non-blocking connect in progress: OK/ERROR not sent yet */
+    int paused;     /* FLOW: stop reading the guest socket */
+    int host_eof;   /* the host shut down its write side: shutdown(SHUT_WR) once q drained */
+    int wr_shut, rd_eof;
+    struct buf q;
+};
+extern struct fwd g_fwds[MAX_FWDS];
+void fwd_open(struct conn *c, uint32_t id, const struct vz_simple_req *r);
+void fwd_data(struct conn *c, uint32_t id, const struct vz_simple_req *r);
+void fwd_close(struct conn *c, uint32_t id);
+struct fwd *fwd_find(struct conn *c, uint32_t id);
+void fwd_io(struct fwd *f, short revents);
+short fwd_events(const struct fwd *f);
+void fwd_detach_conn(struct conn *c);
 
 /* ops.c */
 void handle_frame(struct conn *c, const struct vz_frame *f);

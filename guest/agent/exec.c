@@ -58,7 +58,8 @@ static char **merged_env(const struct vz_exec_req *r)
 
 /* posix_spawn (vfork-like: no copy of the agent's memory) into a new session = own process group,
  * so timeouts and signals reach grandchildren too. Returns 0 or an errno. */
-static int spawn_child(const struct vz_exec_req *r, int probe, int in_r, int out_w, int err_w, pid_t *pid)
+static int spawn_child(const struct vz_exec_req *r, int probe, int in_r, int out_w, int err_w,
+                       const char *tty, pid_t *pid)
 {
     posix_spawn_file_actions_t fa;
     posix_spawnattr_t at;
@@ -75,9 +76,18 @@ static int spawn_child(const struct vz_exec_req *r, int probe, int in_r, int out
     posix_spawnattr_setsigmask(&at, &none);
     posix_spawnattr_setsigdefault(&at, &all);
     posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, in_r, 0);
-    posix_spawn_file_actions_adddup2(&fa, out_w, 1);
-    posix_spawn_file_actions_adddup2(&fa, probe ? out_w : err_w, 2);
+    if (tty) {
+        /* File actions run after setsid(): the new session leader opening the terminal without
+         * O_NOCTTY makes it its controlling terminal (what TIOCSCTTY does), with the child's
+         * process group in the foreground, so ^C from the host reaches it. */
+        posix_spawn_file_actions_addopen(&fa, 0, tty, O_RDWR, 0);
+        posix_spawn_file_actions_adddup2(&fa, 0, 1);
+        posix_spawn_file_actions_adddup2(&fa, 0, 2);
+    } else {
+        posix_spawn_file_actions_adddup2(&fa, in_r, 0);
+        posix_spawn_file_actions_adddup2(&fa, out_w, 1);
+        posix_spawn_file_actions_adddup2(&fa, probe ? out_w : err_w, 2);
+    }
     if (r->cwd)
         posix_spawn_file_actions_addchdir_np(&fa, r->cwd);
     rc = posix_spawnp(pid, r->argv[0], &fa, &at, r->argv, envp);
@@ -87,13 +97,42 @@ static int spawn_child(const struct vz_exec_req *r, int probe, int in_r, int out
     return rc;
 }
 
+/* A TTY exec talks through the terminal's master: stdin and output are dups of it (closed on their
+ * own schedule), output is one stream, and a failed exec's message goes to the terminal. */
+static void attach_pty(struct exec *e, int master, int *err_w)
+{
+    close_fd(&e->in_fd);
+    close_fd(&e->out_fd);
+    close_fd(&e->err_fd);
+    close_fd(err_w);
+    e->pty_fd = master;
+    e->in_fd = fcntl(master, F_DUPFD_CLOEXEC, 3);
+    e->out_fd = fcntl(master, F_DUPFD_CLOEXEC, 3);
+    *err_w = -1;
+}
+
+/* Like a shell: the command "ran" and exited 127 (126 for other errors) with the reason on its
+ * stderr (`err_w`, or the agent's when there is none), so hosts need no special case. */
+static void exec_failed(struct exec *e, int spawn_errno, const char *msg, int err_w)
+{
+    dprintf(err_w >= 0 ? err_w : 2, "vz-agent: %s\n", msg);
+    e->reaped = 1;
+    e->status = (spawn_errno == ENOENT ? 127 : 126) << 8;
+    e->reaped_at = now_ms();
+    e->exec_errno = spawn_errno;
+    snprintf(e->message, sizeof e->message, "%s", msg);
+    close_fd(&e->in_fd);
+    if (e->pty_fd >= 0)
+        close_fd(&e->out_fd); /* nothing ever opened the terminal: no EIO would come */
+}
+
 struct exec *exec_start(struct conn *c, uint32_t id, const struct vz_exec_req *r, int probe,
                         const char **err, int *err_errno)
 {
     struct exec *e = NULL;
     int in[2] = {-1, -1}, out[2] = {-1, -1}, errp[2] = {-1, -1};
-    int spawn_errno = 0;
-    char msg[400];
+    int spawn_errno = 0, master = -1;
+    char msg[400], tty[128];
     struct stat st;
     pid_t pid = -1;
     *err_errno = 0;
@@ -110,6 +149,14 @@ struct exec *exec_start(struct conn *c, uint32_t id, const struct vz_exec_req *r
         *err = "too many concurrent execs";
         return NULL;
     }
+    if (r->tty && !probe) {
+        int rc = pty_open(&master, tty, sizeof tty, r->rows, r->cols);
+        if (rc) {
+            *err_errno = rc;
+            *err = "open a pseudo-terminal";
+            return NULL;
+        }
+    }
     if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(errp, O_CLOEXEC)) {
         *err_errno = errno;
         *err = "pipe";
@@ -118,6 +165,7 @@ struct exec *exec_start(struct conn *c, uint32_t id, const struct vz_exec_req *r
             close_fd(&out[i]);
             close_fd(&errp[i]);
         }
+        close_fd(&master);
         return NULL;
     }
     /* Check the cwd here so its failure is reported as such, not as a failed exec. */
@@ -125,7 +173,8 @@ struct exec *exec_start(struct conn *c, uint32_t id, const struct vz_exec_req *r
         spawn_errno = stat(r->cwd, &st) != 0 ? errno : !S_ISDIR(st.st_mode) ? ENOTDIR : 0;
     if (spawn_errno) {
         snprintf(msg, sizeof msg, "chdir %s: %s", r->cwd, strerror(spawn_errno));
-    } else if ((spawn_errno = spawn_child(r, probe, in[0], out[1], errp[1], &pid)) != 0) {
+    } else if ((spawn_errno = spawn_child(r, probe, in[0], out[1], errp[1], master >= 0 ? tty : NULL,
+                                          &pid)) != 0) {
         snprintf(msg, sizeof msg, "exec %s: %s", r->argv[0], strerror(spawn_errno));
     }
     close(in[0]);
@@ -139,19 +188,12 @@ struct exec *exec_start(struct conn *c, uint32_t id, const struct vz_exec_req *r
     e->in_fd = in[1];
     e->out_fd = out[0];
     e->err_fd = errp[0];
-    if (spawn_errno) {
-        /* Like a shell: the command "ran" and exited 127 (126 for other errors) with the reason on
-         * its stderr, so hosts need no special case. */
-        int fd = probe ? -1 : errp[1];
-        dprintf(fd >= 0 ? fd : 2, "vz-agent: %s\n", msg);
-        e->reaped = 1;
-        e->status = (spawn_errno == ENOENT ? 127 : 126) << 8;
-        e->reaped_at = now_ms();
-        e->exec_errno = spawn_errno;
-        snprintf(e->message, sizeof e->message, "%s", msg);
-        close_fd(&e->in_fd);
-    }
-    close(errp[1]);
+    e->pty_fd = -1;
+    if (master >= 0)
+        attach_pty(e, master, &errp[1]);
+    if (spawn_errno)
+        exec_failed(e, spawn_errno, msg, probe ? -1 : errp[1]);
+    close_fd(&errp[1]);
     if (probe) /* stderr shares stdout's pipe */
         close_fd(&e->err_fd);
     set_nonblock(e->in_fd);
@@ -275,6 +317,7 @@ static void finish(struct exec *e)
     close_fd(&e->in_fd);
     close_fd(&e->out_fd);
     close_fd(&e->err_fd);
+    close_fd(&e->pty_fd);
     buf_free(&e->stdin_q);
     buf_free(&e->evidence);
     e->used = 0;

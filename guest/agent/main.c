@@ -108,6 +108,7 @@ static struct conn *conn_new(enum conn_kind kind, int in_fd, int out_fd, const c
 static void conn_close(struct conn *c)
 {
     exec_detach_conn(c);
+    fwd_detach_conn(c);
     if (c->in_fd >= 0)
         close(c->in_fd);
     if (c->out_fd >= 0 && c->out_fd != c->in_fd)
@@ -130,6 +131,7 @@ static void serial_hangup(struct conn *c)
     buf_clear(&c->in);
     buf_clear(&c->out);
     exec_detach_conn(c);
+    fwd_detach_conn(c);
 }
 
 /* A framing error on a stream we cannot resynchronise: report and close. */
@@ -356,7 +358,7 @@ static void on_signals(void)
     }
 }
 
-enum { P_SIG, P_UNIX, P_VSOCK, P_CONN_IN, P_CONN_OUT, P_STDIN, P_OUT, P_ERR };
+enum { P_SIG, P_UNIX, P_VSOCK, P_CONN_IN, P_CONN_OUT, P_STDIN, P_OUT, P_ERR, P_FWD };
 struct slot {
     int kind;
     void *obj;
@@ -395,8 +397,8 @@ static int poll_timeout(void)
 
 static void loop(void)
 {
-    static struct pollfd pfd[4 + 2 * MAX_CONNS + 3 * MAX_EXECS];
-    static struct slot slots[4 + 2 * MAX_CONNS + 3 * MAX_EXECS];
+    static struct pollfd pfd[4 + 2 * MAX_CONNS + 3 * MAX_EXECS + MAX_FWDS];
+    static struct slot slots[4 + 2 * MAX_CONNS + 3 * MAX_EXECS + MAX_FWDS];
     while (!g_quit) {
         int n = 0;
 #define ADD(fd_, ev_, kind_, obj_)                                                                     \
@@ -453,6 +455,11 @@ static void loop(void)
             if (!paused && e->err_fd >= 0)
                 ADD(e->err_fd, POLLIN, P_ERR, e);
         }
+        for (int i = 0; i < MAX_FWDS; i++) {
+            short ev = g_fwds[i].used ? fwd_events(&g_fwds[i]) : 0;
+            if (ev) /* none wanted: leave it out, or a hung-up socket would wake us forever */
+                ADD(g_fwds[i].fd, ev, P_FWD, &g_fwds[i]);
+        }
         int rc = poll(pfd, (nfds_t)n, poll_timeout());
         if (rc < 0 && errno != EINTR) {
             perror("vz-agent: poll");
@@ -502,6 +509,12 @@ static void loop(void)
                 struct exec *e = slots[i].obj;
                 if (e->used)
                     exec_read_pipe(e, slots[i].kind == P_OUT ? VZ_STDOUT : VZ_STDERR);
+                break;
+            }
+            case P_FWD: {
+                struct fwd *f = slots[i].obj;
+                if (f->used && f->fd == pfd[i].fd) /* not freed and reused earlier in this pass */
+                    fwd_io(f, re);
                 break;
             }
             }

@@ -128,8 +128,27 @@ static void do_flow(struct conn *c, const struct vz_frame *f, const struct vz_si
         send_error(c, f->id, VZ_E_BAD_PAYLOAD, "flow needs PAUSE (0 or 1)");
         return;
     }
+    struct fwd *fw = e ? NULL : fwd_find(c, f->id);
     if (e)
         e->paused = (int)r->pause;
+    else if (fw)
+        fw->paused = (int)r->pause;
+}
+
+/* RESIZE: the host's terminal changed size. No reply (like FLOW): an exec that has just ended is
+ * not an error, and SIGWINCH storms should not fill the queue with replies. */
+static void do_resize(struct conn *c, const struct vz_frame *f, const struct vz_simple_req *r)
+{
+    struct exec *e = exec_find(c, f->id);
+    if (!r->has_rows || !r->has_cols || r->rows == 0 || r->cols == 0 || r->rows > VZ_MAX_WINSIZE ||
+        r->cols > VZ_MAX_WINSIZE) {
+        send_error(c, f->id, VZ_E_BAD_PAYLOAD, "resize needs ROWS and COLS (1..65535)");
+        return;
+    }
+    if (e && e->pty_fd >= 0)
+        pty_resize(e->pty_fd, (uint16_t)r->rows, (uint16_t)r->cols);
+    else if (e)
+        send_error(c, f->id, VZ_E_BAD_PAYLOAD, "resize of an exec that has no terminal");
 }
 
 static void do_signal(struct conn *c, const struct vz_frame *f, const struct vz_simple_req *r)
@@ -386,6 +405,10 @@ void handle_frame(struct conn *c, const struct vz_frame *f)
     case VZ_MSG_POWEROFF: do_poweroff(c, f, &r); break;
     case VZ_MSG_FLOW: do_flow(c, f, &r); break;
     case VZ_MSG_RESTORED: do_restored(c, f, &r); break;
+    case VZ_MSG_RESIZE: do_resize(c, f, &r); break;
+    case VZ_MSG_FORWARD_OPEN: fwd_open(c, f->id, &r); break;
+    case VZ_MSG_FORWARD_DATA: fwd_data(c, f->id, &r); break;
+    case VZ_MSG_FORWARD_CLOSE: fwd_close(c, f->id); break;
     default: break;
     }
 }

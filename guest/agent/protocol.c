@@ -106,7 +106,25 @@ static char *arena_str(struct vz_arena *a, const struct vz_tlv *t)
 
 int vz_known_request(uint8_t type)
 {
-    return type >= VZ_MSG_HELLO && type <= VZ_MSG_RESTORED;
+    switch (type) {
+    case VZ_MSG_HELLO: case VZ_MSG_PING: case VZ_MSG_EXEC: case VZ_MSG_STDIN: case VZ_MSG_SIGNAL:
+    case VZ_MSG_READ_FILE: case VZ_MSG_WRITE_FILE: case VZ_MSG_PROBE: case VZ_MSG_POWEROFF:
+    case VZ_MSG_FLOW: case VZ_MSG_RESTORED: case VZ_MSG_RESIZE: case VZ_MSG_FORWARD_OPEN:
+    case VZ_MSG_FORWARD_DATA: case VZ_MSG_FORWARD_CLOSE:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* ROWS / COLS: 8 bytes, 1..VZ_MAX_WINSIZE. */
+static int winsize_field(const struct vz_tlv *t, uint16_t *out)
+{
+    uint64_t v;
+    if (vz_tlv_u64(t, &v) || v == 0 || v > VZ_MAX_WINSIZE)
+        return -1;
+    *out = (uint16_t)v;
+    return 0;
 }
 
 int vz_parse_exec(const struct vz_frame *f, struct vz_arena *a, struct vz_exec_req *r, const char **why)
@@ -142,6 +160,15 @@ int vz_parse_exec(const struct vz_frame *f, struct vz_arena *a, struct vz_exec_r
             break;
         case VZ_T_EOF:
             r->stdin_eof = 1;
+            break;
+        case VZ_T_TTY:
+            r->tty = 1;
+            break;
+        case VZ_T_ROWS:
+            if (winsize_field(&t, &r->rows)) { *why = "ROWS must be 8 bytes, 1..65535"; return -1; }
+            break;
+        case VZ_T_COLS:
+            if (winsize_field(&t, &r->cols)) { *why = "COLS must be 8 bytes, 1..65535"; return -1; }
             break;
         default:
             break; /* unknown fields are ignored: newer hosts may add optional ones */
@@ -179,6 +206,9 @@ int vz_parse_simple(const struct vz_frame *f, struct vz_arena *a, struct vz_simp
         case VZ_T_TIMEOUT_MS: num = &r->timeout_ms; has = &r->has_timeout_ms; break;
         case VZ_T_PAUSE: num = &r->pause; has = &r->has_pause; break;
         case VZ_T_REALTIME_NS: num = &r->realtime_ns; has = &r->has_realtime_ns; break;
+        case VZ_T_ROWS: num = &r->rows; has = &r->has_rows; break;
+        case VZ_T_COLS: num = &r->cols; has = &r->has_cols; break;
+        case VZ_T_PORT: num = &r->port; has = &r->has_port; break;
         default: break;
         }
         if (dst && !(*dst = arena_str(a, &t))) { *why = "string field contains NUL"; return -1; }

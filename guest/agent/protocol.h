@@ -6,7 +6,7 @@
 #include <stdint.h>
 
 /* Bumped on any incompatible change; must equal vz_linux.version.AGENT_PROTOCOL_REVISION. */
-#define VZ_AGENT_PROTOCOL_REVISION 2
+#define VZ_AGENT_PROTOCOL_REVISION 3
 
 #define VZ_MAGIC0 'V'
 #define VZ_MAGIC1 'Z'
@@ -17,6 +17,8 @@
 #define VZ_MAX_ENV 256u
 /* TIMEOUT_MS above this is refused (BAD_PAYLOAD): a deadline of now + 2^63 ms would overflow. */
 #define VZ_MAX_TIMEOUT_MS (1ull << 40)
+/* ROWS / COLS of a terminal: 1..VZ_MAX_WINSIZE (struct winsize holds u16). */
+#define VZ_MAX_WINSIZE 65535u
 
 /* Message types: host -> agent */
 enum {
@@ -31,6 +33,10 @@ enum {
     VZ_MSG_POWEROFF = 0x09,
     VZ_MSG_FLOW = 0x0A,      /* id = an exec's id: PAUSE 1 stops reading its output, 0 resumes */
     VZ_MSG_RESTORED = 0x0B,/* restored from a snapshot: step the clock, reseed the RNG */
+    VZ_MSG_RESIZE = 0x10,        /* id = a TTY exec's id: ROWS, COLS (revision 3) */
+    VZ_MSG_FORWARD_OPEN = 0x11,  /* connect to 127.0.0.1:PORT (in the netns at PATH): OK or ERROR */
+    VZ_MSG_FORWARD_DATA = 0x12,  /* id = a forward's id: DATA?, EOF? (shut down our write side) */
+    VZ_MSG_FORWARD_CLOSE = 0x13, /* id = a forward's id: abort the connection */
 };
 /* Message types: agent -> host */
 enum {
@@ -39,6 +45,9 @@ enum {
     VZ_MSG_STARTED = 0x82,   /* exec started: PID */
     VZ_MSG_OUTPUT = 0x83,    /* exec output chunk: STREAM + DATA */
     VZ_MSG_EXIT = 0x84,      /* exec finished: EXIT_CODE or SIGNAL, TIMED_OUT, MESSAGE */
+    VZ_MSG_FORWARD_RECV = 0x90,   /* bytes the guest socket sent: DATA */
+    VZ_MSG_FORWARD_CLOSED = 0x91, /* EOF: the guest peer shut down its write side; else closed (MESSAGE?) */
+    VZ_MSG_FORWARD_ACK = 0x92,    /* SIZE more bytes of FORWARD_DATA were written to the guest socket */
 };
 
 /* Field tags (one namespace for all messages). */
@@ -51,6 +60,7 @@ enum {
     VZ_T_MONOTONIC_NS = 26, VZ_T_BOOTTIME_NS = 27, VZ_T_START_BOOTTIME_NS = 28,
     VZ_T_START_MONOTONIC_NS = 29, VZ_T_REALTIME_NS = 30, VZ_T_TIMED_OUT = 31, VZ_T_ACTION = 32,
     VZ_T_MAX_SIZE = 33, VZ_T_SIZE = 34, VZ_T_TRANSPORT = 35, VZ_T_PAUSE = 36,
+    VZ_T_TTY = 40, VZ_T_ROWS = 41, VZ_T_COLS = 42, VZ_T_PORT = 43, /* revision 3 */
 };
 
 /* Error codes carried in ERROR frames. */
@@ -119,6 +129,8 @@ struct vz_exec_req {
     const uint8_t *stdin_data;
     uint32_t stdin_len;
     int stdin_eof;
+    int tty;                 /* TTY: run on a new pseudo-terminal (output as one stream) */
+    uint16_t rows, cols;     /* its initial size (0 = kernel default) */
 };
 
 struct vz_simple_req {        /* every other request: the fields it may carry */
@@ -126,9 +138,9 @@ struct vz_simple_req {        /* every other request: the fields it may carry */
     const uint8_t *data;
     uint32_t data_len;
     int has_data, eof;
-    uint64_t exec_id, signal, mode, action, max_size, timeout_ms, pause, realtime_ns;
+    uint64_t exec_id, signal, mode, action, max_size, timeout_ms, pause, realtime_ns, rows, cols, port;
     int has_exec_id, has_signal, has_mode, has_action, has_max_size, has_timeout_ms, has_pause,
-        has_realtime_ns;
+        has_realtime_ns, has_rows, has_cols, has_port;
 };
 
 /* 0 on success; -1 on malformed payload with a static reason in *why. */

@@ -385,6 +385,25 @@ class BlobDigestError(RegistryError):
     exit_code = 69
 
 
+# --- terminals and ports (docs/oci.md, docs/vm.md "Terminals and ports") -----------------------
+class PortSpecError(InvalidConfigError):
+    """A ``-p`` mapping that is not ``[HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp]``."""
+
+    exit_code = 70
+
+
+class PortInUseError(VmError):
+    """A ``-p`` host address cannot be listened on (in use, or a privileged port)."""
+
+    exit_code = 71
+
+
+class TerminalError(VmError):
+    """``-t`` with ``-i`` while our stdin is not a terminal, or the terminal cannot be set up."""
+
+    exit_code = 72
+
+
 def all_error_classes() -> list[type[VzLinuxError]]:
     """Every concrete error class (used by a test that checks exit codes are distinct)."""
     out: list[type[VzLinuxError]] = []

@@ -15,7 +15,7 @@ AGENT_VERSION = __version__
 
 # Bumped on any incompatible change to docs/PROTOCOL.md. Must equal VZ_AGENT_PROTOCOL_REVISION in
 # guest/agent/protocol.h (a test checks).
-AGENT_PROTOCOL_REVISION = 2
+AGENT_PROTOCOL_REVISION = 3
 
 # version.json schema version written by this release.
 METADATA_SCHEMA_VERSION = 2

@@ -49,6 +49,9 @@ def test_transport_and_limit_constants_match_the_agent() -> None:
     assert f"#define STDIN_LIMIT ({STDIN_LIMIT >> 20}u << 20)" in limits
     assert f"#define ENTROPY_MIN {proto.ENTROPY_MIN}u " in limits
     assert f"#define ENTROPY_MAX {proto.ENTROPY_MAX}u\n" in limits
+    assert f"#define MAX_FWDS {proto.MAX_FWDS}\n" in limits
+    assert f"#define FWD_QUEUE_LIMIT ({proto.FWD_QUEUE_LIMIT >> 20}u << 20)" in limits
+    assert f"#define VZ_MAX_WINSIZE {proto.MAX_WINSIZE}u\n" in HEADER.read_text()
 
 
 def test_mismatched_revision_fails_the_build(tmp_path: Path) -> None:

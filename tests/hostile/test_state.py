@@ -92,6 +92,9 @@ CRAFTED: dict[str, dict[str, Any] | str] = {
     "volume-source-a-number": record(GOOD, volumes=[{"source": 1, "destination": "/x", "read_only": False}]),
     "volume-relative": record(GOOD, volumes=[{"source": "/x", "destination": "x", "read_only": False}]),
     "args-missing": _without("args"),
+    "port-out-of-range": record(GOOD, ports=[{"host_ip": "127.0.0.1", "host_port": 70000, "guest_port": 80}]),
+    "port-host-not-an-ip": record(GOOD, ports=[{"host_ip": "evil.example", "host_port": 8080, "guest_port": 80}]),
+    "port-a-string": record(GOOD, ports=[{"host_ip": "127.0.0.1", "host_port": "8080", "guest_port": 80}]),
 }
 
 

@@ -28,7 +28,11 @@ def test_runtime_spec_carries_process_root_mounts_and_volumes(tmp_path: Path) ->
     assert [n["type"] for n in spec["linux"]["namespaces"]] == ["mount", "network"]
     assert "hostname" not in spec  # no UTS namespace on the container kernel: crun would refuse it
     bind = [m for m in spec["mounts"] if m["type"] == "bind"]
-    assert bind == [{"destination": "/data", "type": "bind", "source": "/mnt/vz-mount-0", "options": ["rbind", "ro"]}]
+    assert bind == [
+        # the VM's devpts, for -t (docs/oci.md, "Terminals and ports")
+        {"destination": "/dev/pts", "type": "bind", "source": "/dev/pts", "options": ["rbind", "nosuid", "noexec"]},
+        {"destination": "/data", "type": "bind", "source": "/mnt/vz-mount-0", "options": ["rbind", "ro"]},
+    ]
 
 
 def test_volume_parsing(tmp_path: Path) -> None:

@@ -37,6 +37,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                     (void)strlen(r.argv[i]);
                 for (unsigned i = 0; i < r.envc; i++)
                     (void)strlen(r.env[i]);
+                if (r.rows > VZ_MAX_WINSIZE || r.cols > VZ_MAX_WINSIZE)
+                    __builtin_trap();
             } else if (!why) {
                 __builtin_trap();
             }

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn, TextIO
 
@@ -16,11 +18,13 @@ from rich.table import Table
 
 from ..oci import lifecycle
 from ..oci.config import RuntimeConfig, default_data_dir
-from ..oci.container import ContainerRequest, Sink, run_foreground
+from ..oci.container import Attach, ContainerRequest, Sink, run_foreground
+from ..oci.ports import parse_ports
 from ..oci.spec import Volume, parse_env
 from ..profiles import KernelProfile
 from . import image_cmds, vm_cmds
 from .common import out_console, run_cli, setup_logging
+from .terminal import TerminalSession
 
 _PROFILES = click.Choice([p.value for p in KernelProfile])
 # Options stop at IMAGE so the container's command keeps its own flags (`-- sh -c …` or not).
@@ -85,6 +89,23 @@ def _container_options(f: Any) -> Any:
     return f
 
 
+def _publish_option(f: Any) -> Any:
+    return click.option("-p", "--publish", "ports", multiple=True, metavar="[HOSTIP:]HOSTPORT:CONTAINERPORT[/tcp]",
+                        help="Forward a host TCP port (default on 127.0.0.1) to the container's port.")(f)
+
+
+def _terminal_options(f: Any) -> Any:
+    f = click.option("-t", "--tty", is_flag=True, help="Run the process on a terminal.")(f)
+    return click.option("-i", "--interactive", is_flag=True,
+                        help="Keep stdin open and forward it (raw keys with -t).")(f)
+
+
+def _attached(tty: bool, interactive: bool, body: Callable[[Attach], int]) -> int:
+    """Run ``body`` attached as asked; the terminal is restored however it ends."""
+    with TerminalSession(tty=tty, interactive=interactive) as term:
+        return body(Attach(tty=tty, interactive=interactive, winsize=term.winsize, on_started=term.attach))
+
+
 def _command(command: tuple[str, ...]) -> tuple[str, ...]:
     # With options ending at IMAGE, click hands the `--` separator through as an argument.
     return command[1:] if command[:1] == ("--",) else command
@@ -99,26 +120,36 @@ def _request(image: str, command: tuple[str, ...], env: tuple[str, ...], workdir
 
 @oci.command(context_settings=_POSITIONAL_TAIL)
 @click.option("--rm", "remove", is_flag=True, help="Remove the container's state when it exits.")
+@_publish_option
+@_terminal_options
 @image_cmds.pull_options
 @_container_options
-def run(remove: bool, profile: str | None, name: str | None, env: tuple[str, ...], workdir: str | None,
-        volumes: tuple[str, ...], net: bool, cpus: int, memory: int, exec_timeout: float | None,
-        data_dir: Path | None, image: str, command: tuple[str, ...], **pull: Any) -> int:
+def run(remove: bool, ports: tuple[str, ...], tty: bool, interactive: bool, profile: str | None,
+        name: str | None, env: tuple[str, ...], workdir: str | None, volumes: tuple[str, ...], net: bool,
+        cpus: int, memory: int, exec_timeout: float | None, data_dir: Path | None, image: str,
+        command: tuple[str, ...], **pull: Any) -> int:
     """Run CMD in a container from IMAGE; exit with its exit code."""
     cfg = _config(data_dir, profile, net, cpus, memory, exec_timeout)
     req = _request(image, command, env, workdir, volumes, name, pull)
-    return run_foreground(cfg, req, remove=remove, on_stdout=_write(sys.stdout), on_stderr=_write(sys.stderr))
+    req = replace(req, ports=parse_ports(ports))
+    return _attached(tty, interactive, lambda attach: run_foreground(
+        cfg, req, remove=remove, on_stdout=_write(sys.stdout), on_stderr=_write(sys.stderr),
+        attach=attach))
 
 
 @oci.command(context_settings=_POSITIONAL_TAIL)
+@_publish_option
 @image_cmds.pull_options
 @_container_options
-def create(profile: str | None, name: str | None, env: tuple[str, ...], workdir: str | None,
-           volumes: tuple[str, ...], net: bool, cpus: int, memory: int, exec_timeout: float | None,
-           data_dir: Path | None, image: str, command: tuple[str, ...], **pull: Any) -> int:
-    """Boot a VM for a container from IMAGE and prepare it; print its id (start it with `start`)."""
+def create(ports: tuple[str, ...], profile: str | None, name: str | None, env: tuple[str, ...],
+           workdir: str | None, volumes: tuple[str, ...], net: bool, cpus: int, memory: int,
+           exec_timeout: float | None, data_dir: Path | None, image: str, command: tuple[str, ...],
+           **pull: Any) -> int:
+    """Boot a VM for a container from IMAGE and prepare it; print its id (start it with `start`).
+    Published ports (-p) are listened on from now and served once the container is started."""
     cfg = _config(data_dir, profile, net, cpus, memory, exec_timeout)
-    state = lifecycle.create(cfg, _request(image, command, env, workdir, volumes, name, pull))
+    req = replace(_request(image, command, env, workdir, volumes, name, pull), ports=parse_ports(ports))
+    state = lifecycle.create(cfg, req)
     click.echo(state.id)
     return 0
 
@@ -135,14 +166,16 @@ def start(data_dir: Path | None, container: str) -> int:
 @oci.command(name="exec", context_settings=_POSITIONAL_TAIL)
 @click.option("-e", "--env", "env", multiple=True, metavar="K=V")
 @click.option("-w", "--workdir", default=None, metavar="DIR")
+@_terminal_options
 @_data_dir_option
 @click.argument("container")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def exec_(env: tuple[str, ...], workdir: str | None, data_dir: Path | None, container: str,
-          command: tuple[str, ...]) -> int:
+def exec_(env: tuple[str, ...], workdir: str | None, tty: bool, interactive: bool, data_dir: Path | None,
+          container: str, command: tuple[str, ...]) -> int:
     """Run CMD inside a running container; exit with its exit code."""
-    return lifecycle.exec_in(_config(data_dir), container, _command(command), env=env, cwd=workdir,
-                             on_stdout=_write(sys.stdout), on_stderr=_write(sys.stderr))
+    return _attached(tty, interactive, lambda attach: lifecycle.exec_in(
+        _config(data_dir), container, _command(command), env=env, cwd=workdir,
+        on_stdout=_write(sys.stdout), on_stderr=_write(sys.stderr), attach=attach))
 
 
 @oci.command()

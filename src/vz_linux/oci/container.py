@@ -25,10 +25,11 @@ from ..bundle.model import KernelBundle
 from ..errors import OciError, VzLinuxError
 from ..fsutil import publish_file, write_atomic
 from ..profiles import KernelProfile
-from ..vm.agent_client import ExecStream
+from ..vm.agent_client import ExecControl
 from ..vm.agent_protocol import Stream
 from ..vm.guest_log import CappedLog
 from ..vm.linux_vm import LinuxVm, VmConfig, VmShare
+from ..vm.port_forward import ForwardSpec, PortForwarder
 from . import guest
 from .config import RuntimeConfig
 from .image import Rootfs, find_command
@@ -46,7 +47,8 @@ from .state import (
 )
 
 Sink = Callable[[bytes], None]
-OnStarted = Callable[[ExecStream], None]
+OnStarted = Callable[[ExecControl], None]
+_NETNS_WAIT = 10.0  # seconds a forwarded connection waits for the container's process to exist
 _TAIL = 4096
 CONTAINER_LOG_LIMIT = 8 << 20  # bytes per file of stdout.log / stderr.log, which keep two (docs/oci.md)
 _COLLECT_LIMIT = 1 << 20  # output kept of the VM-side helper commands (prepare, crun kill)
@@ -63,6 +65,22 @@ class ContainerRequest:
     volumes: tuple[Volume, ...] = ()
     name: str | None = None
     pull: PullOptions = field(default_factory=PullOptions)  # for a registry IMAGE: --pull, --tls-verify, platform overrides
+    ports: tuple[ForwardSpec, ...] = ()  # -p, host side bound by whoever owns the VM
+
+
+@dataclass(frozen=True)
+class Attach:
+    """How the caller is attached to a container process: ``tty`` runs it on a guest terminal
+    (``winsize`` rows, columns), ``interactive`` keeps its stdin open for the caller, and
+    ``on_started`` gets the running stream (to forward stdin and resizes; closing it kills it)."""
+
+    tty: bool = False
+    interactive: bool = False
+    winsize: tuple[int, int] | None = None
+    on_started: OnStarted | None = None
+
+
+DETACHED = Attach()
 
 
 def store_for(cfg: RuntimeConfig) -> ContainerStore:
@@ -101,7 +119,7 @@ def prepare_container(cfg: RuntimeConfig, req: ContainerRequest) -> tuple[Contai
         state = ContainerState(
             id=cid, name=req.name or cid, image=rootfs.image, rootfs=str(rootfs.path),
             profile=_profile(cfg).value, args=process.args, env=process.env, cwd=process.cwd,
-            volumes=req.volumes, network=cfg.network, cpus=cfg.cpus, memory_mib=cfg.memory_mib,
+            volumes=req.volumes, ports=req.ports, network=cfg.network, cpus=cfg.cpus, memory_mib=cfg.memory_mib,
         )
         store.write(state)
     except BaseException:
@@ -142,6 +160,7 @@ class ContainerVm:
         self._vm: LinuxVm | None = None
         # Seconds per phase of the last boot/run (what benchmarks/oci_run.py reports).
         self.timings: dict[str, float] = {}
+        self._netns: str | None = None
 
     def vm_config(self) -> VmConfig:
         # Read-only on the host, not just by the guest's mount flags: a guest root can remount.
@@ -183,12 +202,15 @@ class ContainerVm:
         return self._vm
 
     def _exec(self, argv: Sequence[str], on_stdout: Sink, on_stderr: Sink,
-              timeout: float | None = None, on_started: OnStarted | None = None) -> int:
+              timeout: float | None = None, attach: Attach = DETACHED) -> int:
         # The stream is closed on any exit: a sink that fails (its reader went away) or a
         # cancellation kills the command in the guest instead of leaving it running.
-        with self.vm.exec_stream(list(argv), timeout=timeout) as stream:
-            if on_started is not None:
-                on_started(stream)
+        # With a terminal, crun runs on the agent's PTY with process.terminal=false: the container
+        # process inherits it as stdin/stdout/stderr and controlling terminal (docs/oci.md).
+        with self.vm.agent.exec_stream(list(argv), timeout=timeout, tty=attach.tty, winsize=attach.winsize,
+                                       close_stdin=not attach.interactive) as stream:
+            if attach.on_started is not None:
+                attach.on_started(stream)
             for chunk in stream:
                 (on_stderr if chunk.stream is Stream.STDERR else on_stdout)(chunk.data)
             result = stream.result
@@ -216,13 +238,14 @@ class ContainerVm:
             raise OciError(f"preparing the container rootfs in the guest failed (exit {code}): "
                            f"{output.decode(errors='replace').strip()[-500:]}")
 
-    def run(self, on_stdout: Sink | None, on_stderr: Sink | None, log: bool = True) -> int:
+    def run(self, on_stdout: Sink | None, on_stderr: Sink | None, log: bool = True,
+            attach: Attach = DETACHED) -> int:
         """``crun run``: the container's process, output streamed; its exit code."""
         out = _Tee(on_stdout, self.cdir / STDOUT_LOG if log else None)
         err = _Tee(on_stderr, self.cdir / STDERR_LOG if log else None)
         t0 = time.monotonic()
         try:
-            code = self._exec(guest.crun_run(self.state.id), out, err, self.cfg.exec_timeout)
+            code = self._exec(guest.crun_run(self.state.id), out, err, self.cfg.exec_timeout, attach)
             self.timings["crun_run"] = time.monotonic() - t0
         finally:
             out.close()
@@ -230,13 +253,13 @@ class ContainerVm:
         return _not_found_is_127(code, err.tail)
 
     def exec(self, args: Sequence[str], env: Sequence[str], cwd: str | None,
-             on_stdout: Sink, on_stderr: Sink, on_started: OnStarted | None = None) -> int:
-        """``crun exec``; ``on_started`` gets the stream (closing it kills the command)."""
+             on_stdout: Sink, on_stderr: Sink, attach: Attach = DETACHED) -> int:
+        """``crun exec``; ``attach.on_started`` gets the stream (closing it kills the command)."""
         err = _Tee(on_stderr, None)
         pid_file = guest.exec_pid_file(secrets.token_hex(8))
         try:
             code = self._exec(guest.crun_exec(self.state.id, args, env, cwd, pid_file), on_stdout, err,
-                              self.cfg.exec_timeout, on_started)
+                              self.cfg.exec_timeout, attach)
         except BaseException:
             self._kill_exec(pid_file)
             raise
@@ -248,6 +271,25 @@ class ContainerVm:
         with contextlib.suppress(VzLinuxError):
             self._collect(["/bin/sh", "-c", guest.kill_exec(pid_file)], timeout=30)
 
+    def netns_path(self) -> str | None:
+        """The container's network namespace file in the guest, for port forwards (None: it shares
+        the VM's, ``--net``). Waits a little for crun to have started the process; remembered."""
+        if self.state.network:
+            return None
+        if self._netns is not None:
+            return self._netns
+        deadline = time.monotonic() + _NETNS_WAIT
+        while True:
+            r = self.vm.agent.exec_collect(guest.crun_argv("state", self.state.id), timeout=30,
+                                           max_output=_COLLECT_LIMIT)
+            pid = guest.running_pid(r.stdout) if r.ok else None
+            if pid is not None:
+                self._netns = f"/proc/{pid}/ns/net"
+                return self._netns
+            if time.monotonic() > deadline:
+                raise OciError(f"container {self.state.name} has no running process to forward ports to")
+            time.sleep(0.2)
+
     def kill(self, signal: str) -> int:
         code, _ = self._collect(guest.crun_kill(self.state.id, signal), timeout=30)
         return code
@@ -258,13 +300,25 @@ def _not_found_is_127(code: int, stderr_tail: bytes) -> int:
 
 
 def run_foreground(cfg: RuntimeConfig, req: ContainerRequest, *, remove: bool,
-                   on_stdout: Sink, on_stderr: Sink, timings: dict[str, float] | None = None) -> int:
+                   on_stdout: Sink, on_stderr: Sink, timings: dict[str, float] | None = None,
+                   attach: Attach = DETACHED) -> int:
     """``vz oci run``: boot, run, stream, return the container's exit code.
 
     ``timings``, when given, receives the seconds spent per phase (host prepare, boot → agent,
     guest prepare, crun run, VM stop).
     """
     t0 = time.monotonic()
+    forwarder = PortForwarder(req.ports)
+    forwarder.bind()  # a port in use fails here, before anything is written or booted
+    try:
+        return _run_foreground(cfg, req, remove, on_stdout, on_stderr, timings, attach, forwarder, t0)
+    finally:
+        forwarder.close()
+
+
+def _run_foreground(cfg: RuntimeConfig, req: ContainerRequest, remove: bool, on_stdout: Sink,
+                    on_stderr: Sink, timings: dict[str, float] | None, attach: Attach,
+                    forwarder: PortForwarder, t0: float) -> int:
     state, bundle = prepare_container(cfg, req)
     host_prepare = time.monotonic() - t0
     store = store_for(cfg)
@@ -274,7 +328,8 @@ def run_foreground(cfg: RuntimeConfig, req: ContainerRequest, *, remove: bool,
         with ContainerVm(cfg, state, bundle, cdir) as cvm:
             store.update(state.id, status=Status.running, started=now())
             started = True
-            code = cvm.run(on_stdout, on_stderr, log=not remove)
+            forwarder.start(cvm.vm.agent, cvm.netns_path)
+            code = cvm.run(on_stdout, on_stderr, log=not remove, attach=attach)
             t_stop = time.monotonic()
         if timings is not None:
             timings.update(host_prepare=host_prepare, **cvm.timings, vm_stop=time.monotonic() - t_stop)

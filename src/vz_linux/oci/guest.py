@@ -12,6 +12,7 @@ Volumes are the init's ``vz-mount-N`` shares, bind-mounted into the container by
 
 from __future__ import annotations
 
+import json
 import posixpath
 import shlex
 from collections.abc import Sequence
@@ -100,6 +101,19 @@ def kill_exec(pid_file: str) -> str:
     # Field 5 of /proc/PID/stat is the process group; the name before it may hold spaces.
     return (f'p=$(cat {f} 2>/dev/null) && read -r s < /proc/"$p"/stat && s=${{s##*) }} && set -- $s && '
             f'kill -9 -"$3" "$p"; rm -f {f}')
+
+
+def running_pid(state_json: bytes) -> int | None:
+    """The pid in ``crun state`` output when the container is running (bounded, checked: it comes
+    from the guest)."""
+    try:
+        state = json.loads(state_json[:65536])
+    except ValueError:
+        return None
+    pid = state.get("pid") if isinstance(state, dict) else None
+    if state.get("status") != "running" or not isinstance(pid, int) or not 1 <= pid < (1 << 22):
+        return None
+    return pid
 
 
 def crun_kill(container_id: str, signal: str) -> list[str]:

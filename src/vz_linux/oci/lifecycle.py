@@ -11,6 +11,8 @@ import contextlib
 import os
 import shlex
 import signal
+import socket
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +21,7 @@ from ..errors import ContainerStateError, OciError
 from ..vm.guest_log import read_capped
 from . import supervisor
 from .config import RuntimeConfig
-from .container import ContainerRequest, Sink, prepare_container, store_for
+from .container import DETACHED, Attach, ContainerRequest, Sink, prepare_container, store_for
 from .spec import parse_env
 from .state import LIVE, STDERR_LOG, STDOUT_LOG, SUPERVISOR_LOG, ContainerState, Status, now
 
@@ -69,22 +71,50 @@ def start(cfg: RuntimeConfig, ref: str) -> ContainerState:
     return store_for(cfg).read(state.id)
 
 
+class _RelayedExec:
+    """A container exec driven through its supervisor's socket (stdin, EOF, resize lines)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._lock = threading.Lock()
+
+    def _line(self, msg: dict[str, Any]) -> None:
+        with self._lock:
+            supervisor.send_line(self._sock, msg)
+
+    def write_stdin(self, data: bytes, *, timeout: float | None = None) -> None:
+        for i in range(0, len(data), 1 << 16):
+            self._line({"stdin": base64.b64encode(data[i:i + (1 << 16)]).decode()})
+
+    def close_stdin(self, *, timeout: float | None = None) -> None:
+        self._line({"eof": True})
+
+    def resize(self, rows: int, cols: int) -> None:
+        with contextlib.suppress(OSError):
+            self._line({"resize": [rows, cols]})
+
+
 def exec_in(cfg: RuntimeConfig, ref: str, args: Sequence[str], *, env: Sequence[str] = (),
-            cwd: str | None = None, on_stdout: Sink, on_stderr: Sink) -> int:
+            cwd: str | None = None, on_stdout: Sink, on_stderr: Sink, attach: Attach = DETACHED) -> int:
     state = _live(cfg, ref, "exec in")
     if state.status is not Status.running:
         raise ContainerStateError(f"container {state.name} is {state.status.value}, not running",
                                   hint=f"start it with `vz oci start {state.name}`")
     if not args:
         raise OciError("exec needs a command", hint="vz oci exec NAME -- CMD...")
-    msg = {"op": "exec", "args": list(args), "env": list(parse_env(env)), "cwd": cwd}
+    msg = {"op": "exec", "args": list(args), "env": list(parse_env(env)), "cwd": cwd, "tty": attach.tty,
+           "interactive": attach.interactive, "winsize": list(attach.winsize) if attach.winsize else None}
     cdir = store_for(cfg).dir(state.id)
-    with contextlib.closing(supervisor.request(cdir, msg, timeout=cfg.exec_timeout)) as replies:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    with contextlib.closing(supervisor.request_on(sock, cdir, msg, timeout=cfg.exec_timeout)) as replies:
         for reply in replies:
             if "stdout" in reply:
                 on_stdout(base64.b64decode(reply["stdout"]))
             elif "stderr" in reply:
                 on_stderr(base64.b64decode(reply["stderr"]))
+            elif "started" in reply:
+                if attach.on_started is not None:
+                    attach.on_started(_RelayedExec(sock))
             elif "exit" in reply:
                 return int(reply["exit"])
             elif not reply.get("ok", True):

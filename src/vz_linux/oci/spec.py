@@ -120,6 +120,10 @@ def runtime_spec(
          "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
         {"destination": "/sys", "type": "sysfs", "source": "sysfs",
          "options": ["nosuid", "noexec", "nodev", "ro"]},
+        # The VM's devpts: a `-t` process runs on the agent's terminal (process.terminal stays
+        # false), and ttyname() must find /dev/pts/N inside (docs/oci.md, "Terminals").
+        {"destination": "/dev/pts", "type": "bind", "source": "/dev/pts",
+         "options": ["rbind", "nosuid", "noexec"]},
     ]
     for guest_source, volume in volumes:
         mounts.append({"destination": volume.destination, "type": "bind", "source": guest_source,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import ipaddress
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ from pydantic import TypeAdapter, ValidationError
 from ..clock import utc_timestamp
 from ..errors import ContainerStateError, InvalidConfigError
 from ..fsutil import write_atomic
+from ..vm.port_forward import ForwardSpec
 from .spec import Volume
 
 STATE_FILE = "state.json"
@@ -78,6 +80,7 @@ class ContainerState:
     env: tuple[str, ...]
     cwd: str
     volumes: tuple[Volume, ...] = ()
+    ports: tuple[ForwardSpec, ...] = ()  # -p: forwarded while the VM's owner runs (docs/oci.md)
     network: bool = False
     cpus: int = 1
     memory_mib: int = 256
@@ -121,7 +124,18 @@ class ContainerState:
             return f"cpus {self.cpus} / memory_mib {self.memory_mib}"
         if any(not v.destination.startswith("/") for v in self.volumes):
             return "a volume with a relative container path"
+        for p in self.ports:
+            if not (1 <= p.host_port <= 65535 and 1 <= p.guest_port <= 65535 and _is_ip(p.host_ip)):
+                return f"port mapping {p.host_ip}:{p.host_port}:{p.guest_port}"
         return None
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 _STATE: TypeAdapter[ContainerState] = TypeAdapter(ContainerState)

@@ -29,9 +29,11 @@ from typing import Any
 
 from ..errors import ContainerStateError, OciError, VzLinuxError
 from ..profiles import KernelProfile
-from ..vm.agent_client import ExecStream
+from ..vm.agent_client import ExecControl
+from ..vm.agent_protocol import MAX_WINSIZE
+from ..vm.port_forward import PortForwarder
 from .config import RuntimeConfig
-from .container import ContainerVm
+from .container import Attach, ContainerVm
 from .spec import merge_env
 from .state import (
     SUPERVISOR_LOG,
@@ -68,6 +70,11 @@ def listen(path: Path) -> socket.socket:
     return sock
 
 
+def send_line(conn: socket.socket, msg: dict[str, Any]) -> None:
+    """One more JSON line to the supervisor (after an exec's ``started``)."""
+    _send(conn, msg)
+
+
 def _send(conn: socket.socket, msg: dict[str, Any]) -> None:
     conn.sendall(json.dumps(msg).encode() + b"\n")
 
@@ -90,6 +97,12 @@ def request(cdir: Path, msg: dict[str, Any],
             timeout: float | None = None) -> Generator[dict[str, Any], None, None]:
     """Send one request to a container's supervisor; yield its replies."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    yield from request_on(sock, cdir, msg, timeout)
+
+
+def request_on(sock: socket.socket, cdir: Path, msg: dict[str, Any],
+               timeout: float | None = None) -> Generator[dict[str, Any], None, None]:
+    """:func:`request` on a socket the caller made, so it can send more lines (exec's stdin)."""
     sock.settimeout(timeout)
     try:
         with _short_path(cdir / SUPERVISOR_SOCKET) as p:
@@ -198,6 +211,7 @@ class Supervisor:
         self.shutdown = threading.Event()
         self.lock = threading.Lock()
         self.runner: threading.Thread | None = None
+        self.forwarder = PortForwarder(())  # -p: owned here, served from `start` until the end
         self.exit_code: int | None = None
         self.stopping = False
 
@@ -257,6 +271,7 @@ class Supervisor:
     def _run_container(self) -> None:
         assert self.cvm is not None
         try:
+            self.forwarder.start(self.cvm.vm.agent, self.cvm.netns_path)
             code = self.cvm.run(None, None)
             status = Status.stopped if self.stopping else Status.exited
             self.exit_code = code
@@ -287,11 +302,15 @@ class Supervisor:
         env = merge_env(self.cvm.state.env, [str(e) for e in msg.get("env", [])])
         watchers: list[threading.Thread] = []
 
-        def started(stream: ExecStream) -> None:
-            watchers.append(_cancel_when_client_leaves(conn, stream))
+        def started(stream: ExecControl) -> None:
+            with send_lock:
+                _send(conn, {"started": True})  # from now on the client may send stdin/resize
+            watchers.append(_follow_client(conn, stream))
 
+        attach = Attach(tty=msg.get("tty") is True, interactive=msg.get("interactive") is True,
+                        winsize=_winsize(msg.get("winsize")), on_started=started)
         try:
-            code = self.cvm.exec(args, env, msg.get("cwd"), sink("stdout"), sink("stderr"), started)
+            code = self.cvm.exec(args, env, msg.get("cwd"), sink("stdout"), sink("stderr"), attach)
             with send_lock:
                 _send(conn, {"exit": code})
         finally:
@@ -326,6 +345,8 @@ class Supervisor:
         try:
             bundle = self.cfg.resolve_kernel()
             state = self.store.read(self.id)
+            self.forwarder = PortForwarder(state.ports)
+            self.forwarder.bind()  # before the boot: a port in use fails `create` (71)
             with ContainerVm(self.cfg, state, bundle, self.cdir) as cvm:
                 self.cvm = cvm
                 self.store.update(self.id, status=Status.created)
@@ -344,6 +365,7 @@ class Supervisor:
             self._fail(OciError(f"supervisor crashed: {type(e).__name__}: {e}"))
             return 1
         finally:
+            self.forwarder.close()
             self.listener.close()
             with contextlib.suppress(FileNotFoundError):
                 (self.cdir / SUPERVISOR_SOCKET).unlink()
@@ -359,13 +381,29 @@ class Supervisor:
         time.sleep(0.2)  # let a waiting `ready` reply go out before the process exits
 
 
-def _cancel_when_client_leaves(conn: socket.socket, stream: ExecStream) -> threading.Thread:
-    """An exec client sends nothing after its request: a read that returns means it went away
-    (Ctrl-C, killed), and then its command is killed in the guest instead of running on unseen."""
+def _winsize(value: object) -> tuple[int, int] | None:
+    if (isinstance(value, list) and len(value) == 2
+            and all(isinstance(v, int) and 1 <= v <= MAX_WINSIZE for v in value)):
+        return value[0], value[1]
+    return None
+
+
+def _follow_client(conn: socket.socket, stream: ExecControl) -> threading.Thread:
+    """After ``started`` the exec client may send ``{"stdin": base64}``, ``{"eof": true}`` and
+    ``{"resize": [rows, cols]}`` lines; the connection ending means it went away (Ctrl-C, killed),
+    and then its command is killed in the guest instead of running on unseen."""
     def watch() -> None:
-        with contextlib.suppress(OSError):
-            conn.recv(1)
-        stream.close()  # a no-op once the command has finished
+        with contextlib.suppress(OSError, ValueError, VzLinuxError):
+            for line in _lines(conn):
+                if "stdin" in line:
+                    stream.write_stdin(base64.b64decode(str(line["stdin"])))
+                elif line.get("eof") is True:
+                    stream.close_stdin()
+                elif (size := _winsize(line.get("resize"))) is not None:
+                    stream.resize(*size)
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()  # a no-op once the command has finished
 
     thread = threading.Thread(target=watch, name="vz-exec-client", daemon=True)
     thread.start()

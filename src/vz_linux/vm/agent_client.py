@@ -39,6 +39,7 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from types import TracebackType
+from typing import Protocol
 
 from ..errors import (
     AgentError,
@@ -53,6 +54,7 @@ from .agent_protocol import (
     FILE_LIMIT,
     MAX_PAYLOAD,
     MAX_TIMEOUT_MS,
+    MAX_WINSIZE,
     VSOCK_PORT,
     ErrorCode,
     Field,
@@ -183,6 +185,12 @@ def _timeout_ms(timeout: float) -> int:
         raise InvalidConfigError(f"timeout {timeout} s is not between 1 ms and {MAX_TIMEOUT_MS} ms",
                                  hint="give a positive number of seconds, or no timeout")
     return max(1, int(timeout * 1000))
+
+
+def _winsize(n: int) -> int:
+    if not 1 <= n <= MAX_WINSIZE:
+        raise InvalidConfigError(f"terminal size {n} is not between 1 and {MAX_WINSIZE}")
+    return n
 
 
 def _decode_output(f: Frame) -> ExecOutput:
@@ -401,7 +409,9 @@ class AgentClient:
             inbox.fail(AgentProtocolError(
                 f"{self._description} sent more than {inbox.limit >> 20} MiB for request {rid} that "
                 "was not read yet (it ignored flow control)"), close=True)
-            if inbox.flow:
+            if isinstance(inbox, _ForwardInbox):
+                self._outbox.put(encode_frame(Msg.FORWARD_CLOSE, rid))
+            elif inbox.flow:
                 self._cancel(rid)
 
     def _fail_all(self, error: AgentError, *, broken: bool) -> None:
@@ -582,8 +592,13 @@ class AgentClient:
     def exec_stream(self, argv: Sequence[str], *, env: Mapping[str, str] | None = None,
                     cwd: str | None = None, stdin: bytes | None = None, close_stdin: bool = True,
                     timeout: float | None = None, start_timeout: float | None = None,
-                    wait_started: bool = True) -> ExecStream:
+                    wait_started: bool = True, tty: bool = False,
+                    winsize: tuple[int, int] | None = None) -> ExecStream:
         """Start a command; iterate the returned stream for output, then ``.result``.
+
+        ``tty`` runs it on a new pseudo-terminal in the guest (``winsize`` = its rows and columns):
+        stdin and output go through the terminal, output arrives as one stream (STDOUT), and
+        :meth:`ExecStream.resize` changes its size.
 
         ``env`` adds to/overrides the agent's environment. ``timeout`` (seconds) is enforced by the
         agent, which SIGKILLs the command's whole process group. ``close_stdin=False`` keeps stdin
@@ -599,6 +614,10 @@ class AgentClient:
             fields.append((Tag.CWD, cwd))
         if timeout is not None:
             fields.append((Tag.TIMEOUT_MS, _timeout_ms(timeout)))
+        if tty:
+            fields.append((Tag.TTY, True))
+            if winsize is not None:
+                fields += [(Tag.ROWS, _winsize(winsize[0])), (Tag.COLS, _winsize(winsize[1]))]
         data = stdin or b""
         if len(data) > STDIN_LIMIT:
             # The agent queues stdin without flow control; beyond its limit data would be dropped.
@@ -688,6 +707,34 @@ class AgentClient:
             if not self.broken:
                 raise
 
+    def forward_open(self, port: int, *, netns: str | None = None,
+                     timeout: float | None = None) -> ForwardChannel:
+        """Connect to 127.0.0.1:``port`` in the guest — inside the network namespace file ``netns``
+        (``/proc/PID/ns/net``) when given. Nothing listening there: :class:`AgentError` (not_found)."""
+        if not 1 <= port <= 65535:
+            raise InvalidConfigError(f"port {port} is not between 1 and 65535")
+        what = f"forward to guest port {port}"
+        inbox = _ForwardInbox()
+        with self._lock:
+            if self._broken is not None:
+                raise _reraise(self._broken)
+            rid = self._new_id_locked()
+            self._pending[rid] = inbox
+        channel = ForwardChannel(self, rid, inbox, what)
+        fields: list[Field] = [(Tag.PORT, port)] + ([(Tag.PATH, netns)] if netns else [])
+        t = self._timeout if timeout is None else timeout
+        try:
+            self._send(encode_frame(Msg.FORWARD_OPEN, rid, fields), t)
+            reply = self._wait(inbox, t, what)
+            _raise_for_error(reply, what)
+            if reply.msg != Msg.OK:
+                raise AgentProtocolError(f"the {self._description} answered {what} with a "
+                                         f"{_msg_name(reply.msg)} frame")
+        except BaseException:
+            channel._forget()
+            raise
+        return channel
+
     def restored(self, *, realtime_ns: int | None = None, entropy: bytes | None = None,
                  timeout: float | None = None) -> int:
         """Tell a guest restored from a snapshot the host's time (its clock is stepped to it) and fresh
@@ -701,6 +748,15 @@ class AgentClient:
 def _identity(f: Frame) -> tuple[int, int]:
     """Which agent process sent this hello reply: its pid and when it started."""
     return f.int(Tag.PID) or 0, f.int(Tag.START_BOOTTIME_NS) or 0
+
+
+class ExecControl(Protocol):
+    """What a terminal front end drives on a running exec (an :class:`ExecStream`, or a container
+    exec relayed by its supervisor)."""
+
+    def write_stdin(self, data: bytes, *, timeout: float | None = None) -> None: ...
+    def close_stdin(self, *, timeout: float | None = None) -> None: ...
+    def resize(self, rows: int, cols: int) -> None: ...
 
 
 class ExecStream:
@@ -844,3 +900,131 @@ class ExecStream:
 
     def signal(self, sig: int) -> None:
         self._client.signal(self.exec_id, sig)
+
+    def resize(self, rows: int, cols: int) -> None:
+        """Set a TTY exec's terminal size (the guest's foreground process group gets SIGWINCH).
+        Queued, never blocks: safe to call from any thread."""
+        fields: list[Field] = [(Tag.ROWS, _winsize(rows)), (Tag.COLS, _winsize(cols))]
+        self._client._outbox.put(encode_frame(Msg.RESIZE, self.exec_id, fields))
+
+
+# --- port forwarding (docs/PROTOCOL.md, "Ports") --------------------------------------------------
+FORWARD_WINDOW = 256 << 10  # host bytes in flight to one guest socket (the agent's limit is 1 MiB)
+_FORWARD_CHUNK = 64 << 10
+
+
+class _ForwardInbox(_Inbox):
+    """A forward's inbox: FORWARD_ACK frames are credit, taken by the reader thread at once (so a
+    sender never waits on the consumer of received data); everything else is queued."""
+
+    def __init__(self) -> None:
+        super().__init__(EXEC_INBOX_LIMIT, flow=True)
+        self.in_flight = 0
+        self.credit = threading.Condition()
+        self.ack_error: str | None = None
+
+    def put(self, frame: Frame) -> str:
+        if frame.msg != Msg.FORWARD_ACK:
+            return super().put(frame)
+        with self.credit:
+            try:
+                self.in_flight -= Frame.checked_int(frame, Tag.SIZE, 1, self.in_flight)
+            except FrameValueError as e:
+                self.ack_error = f"bad FORWARD_ACK: {e}"
+            self.credit.notify_all()
+        if self.ack_error is not None:
+            self.fail(AgentProtocolError(self.ack_error), close=True)
+        return "ok"
+
+
+@dataclass(frozen=True)
+class ForwardEvent:
+    """What arrived for a forwarded connection: ``data`` bytes, or ``eof`` (the guest side shut
+    down writing), or ``closed`` (the connection is gone; ``message`` says why when it failed)."""
+
+    data: bytes = b""
+    eof: bool = False
+    closed: bool = False
+    message: str | None = None
+
+
+class ForwardChannel:
+    """One TCP connection to a port in the guest, relayed through the agent.
+
+    :meth:`send` blocks while :data:`FORWARD_WINDOW` bytes are unacknowledged (the guest socket is
+    not reading); :meth:`recv` returns the next :class:`ForwardEvent`. Received data is bounded by
+    the same flow control as exec output. :meth:`close` aborts the connection in the guest.
+    """
+
+    def __init__(self, client: AgentClient, rid: int, inbox: _ForwardInbox, what: str) -> None:
+        self._client = client
+        self.rid = rid
+        self._inbox = inbox
+        self._what = what
+        self._closed = False
+
+    def send(self, data: bytes, *, timeout: float | None = None) -> None:
+        view = memoryview(data)
+        while view:
+            n = min(len(view), _FORWARD_CHUNK)
+            self._take_credit(n, timeout)
+            self._client._send(encode_frame(Msg.FORWARD_DATA, self.rid, [(Tag.DATA, bytes(view[:n]))]),
+                               self._client._timeout if timeout is None else timeout)
+            view = view[n:]
+
+    def _take_credit(self, n: int, timeout: float | None) -> None:
+        ib = self._inbox
+        with ib.credit:
+            ok = ib.credit.wait_for(lambda: ib.in_flight + n <= FORWARD_WINDOW or ib.ack_error is not None
+                                    or self._closed or self._client.broken, timeout)
+            if not ok:
+                raise AgentTimeoutError(f"{self._what}: the guest side did not read for {timeout:.0f}s")
+            if ib.ack_error is not None or self._client.broken or self._closed:
+                raise AgentError(f"{self._what}: the connection is closed")
+            ib.in_flight += n
+
+    def shutdown_write(self, *, timeout: float | None = None) -> None:
+        """Half-close: the guest socket sees EOF once everything sent so far was written."""
+        self._client._send(encode_frame(Msg.FORWARD_DATA, self.rid, [(Tag.EOF, True)]),
+                           self._client._timeout if timeout is None else timeout)
+
+    def recv(self, timeout: float | None = None) -> ForwardEvent:
+        try:
+            item, resume = self._inbox.get(timeout)
+        except queue.Empty:
+            raise AgentTimeoutError(f"{self._what}: nothing arrived within {timeout:.0f}s") from None
+        if isinstance(item, AgentError):
+            self.close()  # a FORWARD_CLOSE for an id the agent already freed is ignored
+            raise _reraise(item)
+        if resume:
+            self._client._outbox.put(encode_frame(Msg.FLOW, self.rid, [(Tag.PAUSE, 0)]))
+        if item.msg == Msg.FORWARD_RECV and item.raw(Tag.DATA) is not None:
+            return ForwardEvent(data=item.raw(Tag.DATA) or b"")
+        if item.msg == Msg.FORWARD_CLOSED:
+            if item.raw(Tag.EOF) is not None:
+                return ForwardEvent(eof=True)
+            self._forget()
+            msg = item.raw(Tag.MESSAGE)
+            return ForwardEvent(closed=True, message=None if msg is None else msg[:400].decode(errors="replace"))
+        self.close()
+        raise AgentProtocolError(f"{self._what}: unexpected {_msg_name(item.msg)} frame")
+
+    def _forget(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._client._unregister(self.rid)
+            self._inbox.fail(AgentError(f"{self._what} was closed"), close=True)
+            with self._inbox.credit:
+                self._inbox.credit.notify_all()
+
+    def close(self) -> None:
+        """Abort the connection in the guest (no reply) and stop following it."""
+        if not self._closed:
+            self._client._outbox.put(encode_frame(Msg.FORWARD_CLOSE, self.rid))
+        self._forget()
+
+    def __enter__(self) -> ForwardChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

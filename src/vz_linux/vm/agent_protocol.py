@@ -25,6 +25,11 @@ SERIAL_PORT_NAME = "org.vz.agent.0"
 ENTROPY_BYTES = 64
 ENTROPY_MIN = 16
 ENTROPY_MAX = 512
+MAX_WINSIZE = 65535  # ROWS / COLS of a terminal are 1..MAX_WINSIZE
+MAX_FWDS = 256  # forwarded connections the agent serves at once (agent.h)
+FWD_QUEUE_LIMIT = 1 << 20  # host data the agent queues per forward before dropping it (agent.h)
+# Flag fields: present (empty) or absent.
+FLAG_TAGS = frozenset({"EOF", "TTY"})
 
 
 class Msg(enum.IntEnum):
@@ -39,11 +44,18 @@ class Msg(enum.IntEnum):
     POWEROFF = 0x09
     FLOW = 0x0A
     RESTORED = 0x0B
+    RESIZE = 0x10
+    FORWARD_OPEN = 0x11
+    FORWARD_DATA = 0x12
+    FORWARD_CLOSE = 0x13
     OK = 0x80
     ERROR = 0x81
     STARTED = 0x82
     OUTPUT = 0x83
     EXIT = 0x84
+    FORWARD_RECV = 0x90
+    FORWARD_CLOSED = 0x91
+    FORWARD_ACK = 0x92
 
 
 class Tag(enum.IntEnum):
@@ -83,6 +95,10 @@ class Tag(enum.IntEnum):
     SIZE = 34
     TRANSPORT = 35
     PAUSE = 36
+    TTY = 40
+    ROWS = 41
+    COLS = 42
+    PORT = 43
 
 
 class ErrorCode(enum.IntEnum):
@@ -114,7 +130,7 @@ Field = tuple[Tag, FieldValue]
 
 def encode_field(tag: Tag, value: FieldValue) -> bytes:
     if isinstance(value, bool):
-        raw = b"" if tag is Tag.EOF else struct.pack(">Q", int(value))
+        raw = b"" if tag.name in FLAG_TAGS else struct.pack(">Q", int(value))
     elif isinstance(value, int):
         raw = struct.pack(">Q", value & 0xFFFF_FFFF_FFFF_FFFF)
     elif isinstance(value, str):
