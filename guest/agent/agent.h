@@ -83,4 +83,7 @@ int exec_count(const struct conn *c);
 void handle_frame(struct conn *c, const struct vz_frame *f);
 int io_uring_probe(void);
 
+/* files.c: vz-agent --in-root ROOT --extract DEST | --create PATH (docs/oci.md, "Copying files") */
+int files_main(int argc, char **argv);
+
 #endif
