@@ -359,13 +359,21 @@ def copy_out(cfg: RuntimeConfig, ref: str, src: str, dest: Path, warn: Warn, **b
     path = _container_path(src).rstrip("/") or "/"
     name = posixpath.basename(path) or "root"
     target = _target(dest, name)
+    if target.is_dir() and not target.is_symlink():  # checked again when publishing; fail before the copy
+        raise CopyHostPathError(f"{target} exists and is a directory: not merged",
+                                hint="remove it, or copy into another directory")
     sock, _ = _connect(cfg, ref)
     with sock, owned_tempdir(target.parent, ".vz-cp-") as stage:
         reader = wire.Reader(sock)
         wire.send_json(sock, {"op": "copy_out", "path": path})
         _reply(reader)
         stream = _ChunkStream(reader)
-        top, kind = receive_tar(stream.read, stage, **bounds)
+        try:
+            top, kind = receive_tar(stream.read, stage, **bounds)
+        except HostileArchiveError:
+            if stream.ended:  # a short stream the guest explains by its own failure: report that
+                _reply(reader)
+            raise
         stream.drain()
         for w in _reply(reader).get("warnings") or []:
             warn(str(w))
@@ -379,22 +387,22 @@ class _ChunkStream:
     def __init__(self, reader: wire.Reader) -> None:
         self._reader = reader
         self._buf = bytearray()
-        self._ended = False
+        self.ended = False
 
     def read(self, n: int) -> bytes:
-        while len(self._buf) < n and not self._ended:
+        while len(self._buf) < n and not self.ended:
             chunk = self._reader.chunk()
             if chunk:
                 self._buf += chunk
             else:
-                self._ended = True
+                self.ended = True
         out = bytes(self._buf[:n])
         del self._buf[:n]
         return out
 
     def drain(self) -> None:
         """Read to the stream's end (tar's trailing zero blocks); anything else after the end is refused."""
-        while not self._ended:
+        while not self.ended:
             self.read(1 << 20)
         if any(self._buf):
             raise HostileArchiveError("data after the end of the tar from the guest")
