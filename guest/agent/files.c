@@ -19,8 +19,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include <linux/magic.h>
 #include <linux/openat2.h>
 
 #include "agent.h"
@@ -553,6 +555,13 @@ static int put_tree(int dir, const char *entry, const char *name, int depth)
     if (depth > MAX_DEPTH)
         return fail("%s: skipped: deeper than %d levels", name, MAX_DEPTH), 0;
     int fd = openat(dir, *entry ? entry : ".", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    struct statfs sfs;
+    if (fd >= 0 && fstatfs(fd, &sfs) == 0 &&
+        (sfs.f_type == PROC_SUPER_MAGIC || sfs.f_type == SYSFS_MAGIC || sfs.f_type == CGROUP2_SUPER_MAGIC)) {
+        close(fd); /* the kernel's own views (e.g. "cp c:/ ."): the directory, not its contents */
+        fail("%s: contents skipped: a proc/sys/cgroup filesystem", name);
+        return put_header(name, "", '5', &st, 0);
+    }
     DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
     struct dirent *de;
     char child[NAME_MAX_LEN + 1];

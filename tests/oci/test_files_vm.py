@@ -68,6 +68,10 @@ def test_cp_round_trips_a_tree_and_never_follows_symlinks(vz: Vz, busybox_rootfs
     vz("oci", "cp", "files:/root/box", str(out / "box"), check=True)
     assert os.readlink(out / "box" / "hello-link") == "/etc/hello.txt"  # not the image's file content
     assert (outside / "secret").read_text() == "host secret\n" and sorted(os.listdir(outside)) == ["secret"]
+    # The whole root: the kernel's own views (/proc, /sys) are copied as empty directories.
+    p = vz("oci", "cp", "files:/", str(out / "whole"), check=True)
+    assert (out / "whole" / "bin" / "busybox").is_file() and (out / "whole" / "root" / "up").is_symlink()
+    assert list((out / "whole" / "proc").iterdir()) == [] and "contents skipped" in p.stderr
     p = vz("oci", "cp", "files:/no/such/file", str(out))
     assert p.returncode == 75 and "no/such" in p.stderr, p.stderr
     p = vz("oci", "cp", "files:/tmp/src", str(out))  # out/src exists: never merged into
