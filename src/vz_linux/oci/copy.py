@@ -40,6 +40,7 @@ NAME_LIMIT = 4096
 DEPTH_LIMIT = 128
 DEFAULT_MAX_BYTES = 16 << 30  # bytes of file data accepted from a guest
 DEFAULT_MAX_MEMBERS = 1_000_000
+_MTIME_MAX = 1 << 40  # seconds: far future, still a valid time_t for utime()
 _TYPES = {b"0": "file", b"\0": "file", b"7": "file", b"5": "dir", b"2": "symlink"}
 Warn = Callable[[str], None]
 
@@ -64,7 +65,7 @@ class Spec:
 
 def check_name(name: str) -> list[str]:
     """A member name's components, or HostileArchiveError: relative, no ``..``, no empty name."""
-    if not name or name.startswith("/") or "\0" in name or len(name.encode()) > NAME_LIMIT:
+    if not name or name.startswith("/") or "\0" in name or len(os.fsencode(name)) > NAME_LIMIT:
         raise HostileArchiveError(f"tar member {name[:200]!r}: an absolute, empty or overlong name")
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if not parts or ".." in parts:
@@ -209,10 +210,10 @@ class TarReader:
             raise HostileArchiveError(f"the tar from the guest is over its bounds ({self.max_members} "
                                       f"members, {self.max_bytes} bytes)")
         link = long_link if long_link is not None else _text(h[157:257])
-        if len(link.encode()) > NAME_LIMIT:
-            raise HostileArchiveError(f"tar member {name[:200]!r}: overlong link target")
+        if len(os.fsencode(link)) > NAME_LIMIT or (_TYPES[kind] == "symlink" and not link):
+            raise HostileArchiveError(f"tar member {name[:200]!r}: an empty or overlong link target")
         return Member(name, tuple(parts), _TYPES[kind], size if _TYPES[kind] == "file" else 0,
-                      _number(h[100:108], "mode") & 0o777, _number(h[136:148], "mtime"), link)
+                      _number(h[100:108], "mode") & 0o777, min(_number(h[136:148], "mtime"), _MTIME_MAX), link)
 
 
 class Extractor:
@@ -260,6 +261,8 @@ class Extractor:
                     self._write(dfd, leaf, m, data)
             except FileExistsError:
                 raise HostileArchiveError(f"tar member {m.name[:200]!r} appears twice") from None
+            except OSError as e:  # the host's own trouble (disk full, permissions), not the archive's
+                raise CopyHostPathError(f"cannot write {m.name[:200]!r} under {self.stage}: {e.strerror}") from None
 
     @staticmethod
     def _write(dfd: int, leaf: str, m: Member, data: Iterator[bytes]) -> None:
