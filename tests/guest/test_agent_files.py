@@ -7,8 +7,11 @@ that host directory — which must stay empty.
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import platform
+import struct
 import subprocess
 import tarfile
 from pathlib import Path
@@ -19,6 +22,57 @@ import pytest
 def agent(binary: Path, root: Path, mode: str, path: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([str(binary), "--in-root", str(root), mode, path], input=stdin,
                           capture_output=True, timeout=60)
+
+
+# A kernel without openat2(2): a seccomp filter (classic BPF, loaded by bubblewrap) makes it fail
+# with ENOSYS, so the agent takes its O_NOFOLLOW walk. openat2 is 437 on both arches.
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}[platform.machine()]
+_SECCOMP_NO_OPENAT2 = b"".join(struct.pack("<HBBI", *insn) for insn in [
+    (0x20, 0, 0, 4),            # ld  seccomp_data.arch
+    (0x15, 0, 3, _AUDIT_ARCH),  # jeq the host's arch, else allow
+    (0x20, 0, 0, 0),            # ld  seccomp_data.nr
+    (0x15, 0, 1, 437),          # jeq __NR_openat2, else allow
+    (0x06, 0, 0, 0x00050000 | errno.ENOSYS),  # ret SECCOMP_RET_ERRNO | ENOSYS
+    (0x06, 0, 0, 0x7FFF0000),   # ret SECCOMP_RET_ALLOW
+])
+
+
+def agent_without_openat2(binary: Path, root: Path, mode: str, path: str,
+                          stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    r, w = os.pipe()
+    os.write(w, _SECCOMP_NO_OPENAT2)
+    os.close(w)
+    try:
+        return subprocess.run(["bwrap", "--bind", "/", "/", "--dev", "/dev", "--seccomp", str(r), str(binary),
+                               "--in-root", str(root), mode, path], input=stdin, capture_output=True,
+                              timeout=60, pass_fds=(r,))
+    finally:
+        os.close(r)
+
+
+def test_without_openat2_the_walk_refuses_symlinks_and_dotdot_instead(agent_binary: Path,
+                                                                      places: tuple[Path, Path]) -> None:
+    root, outside = places
+    os.symlink(str(outside), root / "etc" / "esc")
+    (root / str(outside).lstrip("/")).mkdir(parents=True)
+    os.symlink("/", root / "etc" / "up")
+    data = tar_of(("a.txt", tarfile.REGTYPE, b"hello"))
+    for dest in ("/etc/esc/", "/etc/up/", "/etc/esc/sub", "/etc/../etc/"):
+        p = agent_without_openat2(agent_binary, root, "--extract", dest, data)
+        assert p.returncode == 3, (dest, p.returncode, p.stderr)
+    assert list(outside.iterdir()) == [] and not (root / "a.txt").exists()
+    # Plain paths still work, and a symlink is still archived as itself.
+    p = agent_without_openat2(agent_binary, root, "--extract", "/etc/", data)
+    assert p.returncode == 0, p.stderr
+    assert (root / "etc" / "a.txt").read_bytes() == b"hello"
+    p = agent_without_openat2(agent_binary, root, "--create", "/etc/esc")
+    assert p.returncode == 0, p.stderr
+    with tarfile.open(fileobj=io.BytesIO(p.stdout)) as t:
+        (only,) = t.getmembers()
+        assert only.issym() and only.linkname == str(outside)
+    # The same requests with openat2 resolve the symlinks inside the root instead.
+    assert agent(agent_binary, root, "--extract", "/etc/up/", data).returncode == 0
+    assert (root / "a.txt").read_bytes() == b"hello"
 
 
 def tar_of(*members: tuple[str, bytes, bytes | str]) -> bytes:
