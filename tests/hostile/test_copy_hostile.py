@@ -13,6 +13,7 @@ import os
 import socket
 import tarfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -224,3 +225,66 @@ def test_mutated_archives_fail_only_as_hostile_and_stay_in_the_stage(tmp_path: P
             outcomes["refused"] += 1
         assert [p.name for p in box.iterdir()] == ["stage"]
     assert outcomes["refused"] > 0 and outcomes["ok"] > 0, outcomes
+
+
+class _FakeVm:
+    """What push_tar needs of a LinuxVm: its agent client (here connected to the fake agent)."""
+
+    def __init__(self, agent: object) -> None:
+        self.agent = agent
+
+
+def _push_in_thread(client: object, chunks: list[bytes]) -> Callable[[float], object]:
+    from vz_linux.oci import transfer
+
+    from .fake_agent import in_thread
+
+    def run() -> object:
+        try:
+            transfer.push_tar(_FakeVm(client), "/tmp", iter(chunks))  # type: ignore[arg-type]
+        except Exception as e:  # the test inspects what it raised
+            return e
+        return None
+
+    return in_thread(run)
+
+
+def test_a_guest_that_stops_reading_fails_the_copy_instead_of_hanging(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vz_linux.errors import CopyError
+    from vz_linux.oci import transfer
+    from vz_linux.vm.agent_protocol import Msg, Tag
+
+    from .fake_agent import fake_pair
+
+    monkeypatch.setattr(transfer, "STALL_TIMEOUT", 1.0)
+    with fake_pair() as (client, agent):
+        join = _push_in_thread(client, [bytes(1 << 20)] * 8)  # 8 MiB: twice the window
+        agent.start_exec(agent.recv(msg=Msg.EXEC))
+        deadline = time.monotonic() + 30
+        while True:  # the fake agent takes in the stdin and never acknowledges any of it
+            agent.poll()
+            try:
+                error = join(0.05)
+                break
+            except AssertionError:
+                assert time.monotonic() < deadline, "push_tar still waits for a guest that stopped reading"
+        stdin = sum(len(f.raw(Tag.DATA) or b"") for f in agent.sent_of(Msg.STDIN))
+        assert stdin <= transfer.WINDOW  # never more in flight than the window
+        assert isinstance(error, CopyError) and "acknowledged nothing" in str(error)
+        kill = agent.recv(msg=Msg.SIGNAL)  # the extractor is killed, not left running
+        assert kill.int(Tag.SIGNAL) == 9
+
+
+def test_an_acknowledgement_beyond_what_was_sent_is_a_protocol_error() -> None:
+    from vz_linux.errors import AgentProtocolError
+    from vz_linux.vm.agent_protocol import Msg
+
+    from .fake_agent import fake_pair
+
+    with fake_pair() as (client, agent):
+        join = _push_in_thread(client, [bytes(4096)])
+        req = agent.recv(msg=Msg.EXEC)
+        agent.start_exec(req)
+        agent.output(req.request_id, b"ack 999999999\n")
+        error = join(30)
+        assert isinstance(error, AgentProtocolError), error

@@ -22,6 +22,7 @@ from ..vm.linux_vm import LinuxVm
 from . import guest
 
 WINDOW = 4 << 20  # unacknowledged bytes in flight (below the agent's 8 MiB stdin queue)
+STALL_TIMEOUT = 120.0  # seconds without an acknowledgement while the window is full: the guest stopped reading
 _TAIL = 2048
 _ACK = re.compile(rb"ack (\d{1,20})")
 _ACK_LINE_MAX = 64
@@ -92,7 +93,9 @@ def push_tar(vm: LinuxVm, dest: str, chunks: Iterable[bytes]) -> None:
         for data in chunks:
             size = len(data)
             with acks.cond:
-                acks.cond.wait_for(functools.partial(acks.room, size))
+                if not acks.cond.wait_for(functools.partial(acks.room, size), STALL_TIMEOUT):
+                    raise CopyError(f"copying into {dest}: the guest acknowledged nothing for "
+                                    f"{STALL_TIMEOUT:.0f}s and was stopped")
                 if acks.done:
                     continue  # the extractor ended: drain the sender, report below
                 acks.sent += size
