@@ -31,7 +31,7 @@
 #define NAME_MAX_LEN 4096
 #define ACK_EVERY (256u << 10)
 #define MAX_DEPTH 128
-#define IO_BUF (64u << 10)
+#define IO_BUF (256u << 10)
 
 static int g_root = -1;
 static int g_no_openat2;
@@ -310,7 +310,7 @@ static int clear_entry(int dir, const char *name)
 
 static int write_data(int fd, uint64_t size)
 {
-    uint8_t blk[BLK * 64];
+    static uint8_t blk[IO_BUF];
     int err = 0;
     while (size) {
         size_t want = size > sizeof blk ? sizeof blk : (size_t)((size + BLK - 1) / BLK * BLK);
@@ -504,7 +504,7 @@ static int put_header(const char *name, const char *link, char type, const struc
 
 static int put_file(int dir, const char *entry, const char *name, const struct stat *st0)
 {
-    uint8_t buf[IO_BUF];
+    static uint8_t buf[IO_BUF];
     uint64_t left = (uint64_t)st0->st_size;
     struct stat st;
     int fd = openat(dir, entry, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
