@@ -110,18 +110,27 @@ def _figures(state: ContainerState, status: str, first: Sample | None, last: Sam
         vm_memory_bytes=state.memory_mib << 20, vm_rss_bytes=last.vm_rss_bytes if last else None)
 
 
+def _try_sample(cfg: RuntimeConfig, state: ContainerState) -> Sample | None:
+    """A sample, or None for a container whose VM is not (or no longer) up: booting, ended meanwhile."""
+    if store_for(cfg).effective_status(store_for(cfg).read(state.id)) not in LIVE:
+        return None
+    try:
+        return sample(cfg, state)
+    except ContainerStateError:
+        return None
+
+
 def collect(cfg: RuntimeConfig, refs: Sequence[str] = (), interval: float = 1.0) -> list[ContainerStats]:
     """Two samples ``interval`` apart (CPU % is their difference); without ``refs``, every live container."""
     store = store_for(cfg)
     states = [store.find(r) for r in refs] if refs else [s for s in store.list()
                                                            if store.effective_status(s) in LIVE]
-    live = [s for s in states if store.effective_status(s) in LIVE]
-    first = {s.id: sample(cfg, s) for s in live}
-    if live and interval > 0:
+    first = {s.id: _try_sample(cfg, s) for s in states}
+    if any(first.values()) and interval > 0:
         time.sleep(interval)
     out = []
     for s in states:
-        status = store.effective_status(s)
-        last = sample(cfg, s) if s.id in first and store.effective_status(store.read(s.id)) in LIVE else None
-        out.append(_figures(s, status.value, first.get(s.id), last))
+        last = _try_sample(cfg, s) if first[s.id] is not None else None
+        status = store.effective_status(store.read(s.id)).value
+        out.append(_figures(s, status, first[s.id], last))
     return out
