@@ -112,4 +112,7 @@ void fwd_detach_conn(struct conn *c);
 /* ops.c */
 void handle_frame(struct conn *c, const struct vz_frame *f);
 
+/* files.c: vz-agent --in-root ROOT --extract DEST | --create PATH (docs/oci.md, "Copying files") */
+int files_main(int argc, char **argv);
+
 #endif

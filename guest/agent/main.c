@@ -531,6 +531,7 @@ static void usage(void)
             "       vz-agent --listen serial:PATH serve on a character device as on the port (tests)\n"
             "       vz-agent --stdio              serve one peer on stdin/stdout\n"
             "       vz-agent --probe NAME [ARGS]  run one capability probe (docs/agent.md, \"Probes\")\n"
+            "       vz-agent --in-root ROOT --extract DEST | --create PATH   tar on stdin/stdout\n"
             "       vz-agent --version\n",
             SERIAL_NAME, VSOCK_PORT);
 }
@@ -544,6 +545,8 @@ int main(int argc, char **argv)
         printf("vz-agent %s protocol %d\n", VZ_AGENT_VERSION, VZ_AGENT_PROTOCOL_REVISION);
         return 0;
     }
+    if (argc >= 2 && strcmp(argv[1], "--in-root") == 0)
+        return files_main(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "--probe") == 0)
         return run_probe(argc - 2, argv + 2);
     if (argc == 3 && strcmp(argv[1], "--listen") == 0) {

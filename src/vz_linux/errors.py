@@ -324,6 +324,34 @@ class CommandNotFoundError(OciError):
     exit_code = 127
 
 
+# --- OCI: files and stats (docs/oci.md, "Copying files", "Stats") ------------------------------
+class CopyError(OciError):
+    """``vz oci cp`` failed inside the guest: no such path in the container, not a directory, a
+    member that could not be written."""
+
+    exit_code = 75
+
+
+class HostileArchiveError(CopyError):
+    """The tar stream from the guest was refused: an absolute or ``..`` name, a device node or hard
+    link, a name outside its top-level entry, a bad header, or more than the size/count bounds."""
+
+    exit_code = 76
+
+
+class CopyHostPathError(OciError):
+    """``vz oci cp``'s host side: the source is missing or unreadable, the destination's directory is
+    missing, or the destination exists as a directory and would be merged into."""
+
+    exit_code = 77
+
+
+class StatsError(OciError):
+    """``vz oci stats``: the guest's cgroup/proc figures are missing or malformed."""
+
+    exit_code = 78
+
+
 # --- distribution: releases, the installer, registries (docs/distribution.md) ----------------
 class ReleaseError(VzLinuxError):
     """A release (or a signing key) cannot be made: duplicate bundles, a used output dir, a bad key."""

@@ -16,7 +16,8 @@ from typing import Any, NoReturn, TextIO
 import click
 from rich.table import Table
 
-from ..oci import lifecycle
+from ..errors import InvalidConfigError
+from ..oci import lifecycle, observe
 from ..oci.config import RuntimeConfig, default_data_dir
 from ..oci.container import Attach, ContainerRequest, Sink, run_foreground
 from ..oci.ports import parse_ports
@@ -24,6 +25,7 @@ from ..oci.spec import Volume, parse_env
 from ..profiles import KernelProfile
 from . import image_cmds, vm_cmds
 from .common import out_console, run_cli, setup_logging
+from .container_cmds import COMMANDS as CONTAINER_COMMANDS
 from .terminal import TerminalSession
 
 _PROFILES = click.Choice([p.value for p in KernelProfile])
@@ -120,18 +122,26 @@ def _request(image: str, command: tuple[str, ...], env: tuple[str, ...], workdir
 
 @oci.command(context_settings=_POSITIONAL_TAIL)
 @click.option("--rm", "remove", is_flag=True, help="Remove the container's state when it exits.")
+@click.option("-d", "--detach", is_flag=True, help="Create and start it in the background; print its id.")
 @_publish_option
 @_terminal_options
 @image_cmds.pull_options
 @_container_options
-def run(remove: bool, ports: tuple[str, ...], tty: bool, interactive: bool, profile: str | None,
-        name: str | None, env: tuple[str, ...], workdir: str | None, volumes: tuple[str, ...], net: bool,
-        cpus: int, memory: int, exec_timeout: float | None, data_dir: Path | None, image: str,
-        command: tuple[str, ...], **pull: Any) -> int:
+def run(remove: bool, detach: bool, ports: tuple[str, ...], tty: bool, interactive: bool,
+        profile: str | None, name: str | None, env: tuple[str, ...], workdir: str | None,
+        volumes: tuple[str, ...], net: bool, cpus: int, memory: int, exec_timeout: float | None,
+        data_dir: Path | None, image: str, command: tuple[str, ...], **pull: Any) -> int:
     """Run CMD in a container from IMAGE; exit with its exit code."""
     cfg = _config(data_dir, profile, net, cpus, memory, exec_timeout)
     req = _request(image, command, env, workdir, volumes, name, pull)
     req = replace(req, ports=parse_ports(ports))
+    if detach:
+        if remove or tty or interactive:
+            raise InvalidConfigError("-d does not go with --rm, -t or -i",
+                                     hint="remove a detached container with `vz oci rm`; "
+                                          "attach with `vz oci exec -it`")
+        click.echo(lifecycle.run_detached(cfg, req).id)
+        return 0
     return _attached(tty, interactive, lambda attach: run_foreground(
         cfg, req, remove=remove, on_stdout=_write(sys.stdout), on_stderr=_write(sys.stderr),
         attach=attach))
@@ -224,17 +234,21 @@ def rm(force: bool, data_dir: Path | None, containers: tuple[str, ...]) -> int:
 
 
 @oci.command()
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the container ends.")
 @_data_dir_option
 @click.argument("container")
-def logs(data_dir: Path | None, container: str) -> int:
+def logs(follow: bool, data_dir: Path | None, container: str) -> int:
     """Print a container's stdout and stderr."""
+    if follow:
+        observe.follow_logs(_config(data_dir), container, _write(sys.stdout), _write(sys.stderr))
+        return 0
     out, err = lifecycle.logs(_config(data_dir), container)
     _write(sys.stdout)(out)
     _write(sys.stderr)(err)
     return 0
 
 
-for _cmd in image_cmds.COMMANDS:
+for _cmd in (*image_cmds.COMMANDS, *CONTAINER_COMMANDS):
     oci.add_command(_cmd)
 
 

@@ -110,7 +110,8 @@ def prepare_container(cfg: RuntimeConfig, req: ContainerRequest) -> tuple[Contai
     try:
         volumes = [(guest.volume_guest_path(i), v) for i, v in enumerate(req.volumes)]
         spec = runtime_spec(process, root_path=guest.GUEST_ROOTFS,
-                            namespaces=namespaces_for(_profile(cfg), cfg.network), volumes=volumes)
+                            namespaces=namespaces_for(_profile(cfg), cfg.network), volumes=volumes,
+                            cgroups_path=guest.cgroup_path(cid))
         write_atomic(cdir / CONFIG_FILE, (json.dumps(spec, indent=2) + "\n").encode(), mode=PRIVATE_FILE_MODE)
         # A copy, never a link: the container dir is shared with the guest (read-only, but a link
         # would still tie every container, and the install's checksum, to one inode).

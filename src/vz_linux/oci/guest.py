@@ -28,6 +28,10 @@ GUEST_WORK = f"{GUEST_ROOT}/c"  # tmpfs: overlay upper/work and the merged rootf
 GUEST_ROOTFS = f"{GUEST_WORK}/rootfs"
 GUEST_EXECS = f"{GUEST_ROOT}/execs"  # pid files of running `crun exec`s
 GUEST_CRUN = f"{GUEST_CTL}/crun"
+GUEST_AGENT = "/sbin/vz-agent"  # the initramfs's agent: its --in-root mode copies files
+CONTAINER_PID_FILE = f"{GUEST_WORK}/pid"  # `crun run --pid-file`: the container's first process
+CGROUP_PARENT = "/vz"  # each container's cgroup is /sys/fs/cgroup/vz/<id> in the guest
+CGROUP_FS = "/sys/fs/cgroup"
 CRUN_STATE = "/run/crun"
 # crun exits 1/255 (not 127) when execve finds no such file; its message is how we tell.
 CRUN_NOT_FOUND_MARKERS = (b"not found in $PATH", b"executable file `")
@@ -67,14 +71,52 @@ def prepare_script(cwd: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cgroup_path(container_id: str) -> str:
+    """The container's cgroup (``linux.cgroupsPath``), relative to the guest's cgroup2 mount."""
+    return f"{CGROUP_PARENT}/{container_id}"
+
+
 def crun_argv(*args: str) -> list[str]:
-    return [GUEST_CRUN, f"--root={CRUN_STATE}", "--cgroup-manager=disabled", *args]
+    # cgroupfs: crun puts the container's processes (not itself) into linux.cgroupsPath and removes
+    # the cgroup when the container ends; `crun exec` joins it.
+    return [GUEST_CRUN, f"--root={CRUN_STATE}", "--cgroup-manager=cgroupfs", *args]
 
 
 def crun_run(container_id: str) -> list[str]:
     # --no-pivot: the VM's root is the initramfs (rootfs), which pivot_root(2) refuses to move;
     # crun then moves the container root over / and chroots, in the container's mount namespace.
-    return crun_argv("run", "--no-pivot", "--bundle", GUEST_CTL, container_id)
+    return crun_argv("run", "--no-pivot", "--pid-file", CONTAINER_PID_FILE, "--bundle", GUEST_CTL, container_id)
+
+
+def in_root(action: str, path: str) -> list[str]:
+    """``vz-agent --in-root ROOT --extract|--create PATH`` (guest/agent/files.c). ROOT is the running
+    container's own root (``/proc/PID/root``: its volumes are mounts there), else the prepared
+    rootfs of a container that has not started."""
+    script = ('r=$1; if p=$(cat "$2" 2>/dev/null) && [ -n "$p" ] && [ -d "/proc/$p/root/" ]; then '
+              'r=/proc/$p/root; fi; exec "$3" --in-root "$r" "$4" "$5"')
+    return ["/bin/sh", "-c", script, "vz-cp", GUEST_ROOTFS, CONTAINER_PID_FILE, GUEST_AGENT, action, path]
+
+
+def stats_script(container_id: str) -> str:
+    """BusyBox sh printing ``key value`` lines about the container's cgroup (parsed, bounded, by
+    :mod:`.stats` on the host). The kernels have no memory controller (CONFIG_MEMCG is off in both
+    profiles): without ``memory.current`` the container's memory is the sum of its processes' VmRSS."""
+    cg = shlex.quote(f"{CGROUP_FS}{cgroup_path(container_id)}")
+    return "\n".join([
+        f"cg={cg}",
+        '[ -d "$cg" ] || { echo "cgroup none"; exit 0; }',
+        'echo "cgroup present"',
+        'while read -r k v; do echo "cpu.$k $v"; done < "$cg/cpu.stat"',
+        '[ -r "$cg/memory.current" ] && read -r m < "$cg/memory.current" && echo "memory.current $m"',
+        '[ -r "$cg/pids.current" ] && read -r n < "$cg/pids.current" && echo "pids.current $n"',
+        "rss=0; procs=0",
+        'while read -r p; do',
+        '  while read -r k v u; do',
+        '    [ "$k" = VmRSS: ] && rss=$((rss + v)) && procs=$((procs + 1)) && break',
+        '  done 2>/dev/null < "/proc/$p/status"',
+        'done < "$cg/cgroup.procs"',
+        'echo "rss.kib $rss"; echo "rss.procs $procs"',
+    ]) + "\n"
 
 
 def exec_pid_file(name: str) -> str:

@@ -39,6 +39,17 @@ def create(cfg: RuntimeConfig, req: ContainerRequest) -> ContainerState:
     return store_for(cfg).read(state.id)
 
 
+def run_detached(cfg: RuntimeConfig, req: ContainerRequest) -> ContainerState:
+    """``run -d``: create, then start; a start that fails leaves no VM behind."""
+    state = create(cfg, req)
+    try:
+        return start(cfg, state.id)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            remove(cfg, state.id, force=True)
+        raise
+
+
 def _reply(cfg: RuntimeConfig, state: ContainerState, msg: dict[str, Any], timeout: float | None) -> dict[str, Any]:
     cdir = store_for(cfg).dir(state.id)
     with contextlib.closing(supervisor.request(cdir, msg, timeout=timeout)) as replies:

@@ -110,8 +110,10 @@ def runtime_spec(
     root_path: str,
     namespaces: Sequence[str],
     volumes: Sequence[tuple[str, Volume]] = (),
+    cgroups_path: str | None = None,
 ) -> dict[str, Any]:
-    """config.json for crun. ``volumes`` pairs each volume with its source path inside the VM."""
+    """config.json for crun. ``volumes`` pairs each volume with its source path inside the VM;
+    ``cgroups_path`` is the container's own cgroup in the guest (``vz oci stats`` reads it)."""
     mounts: list[dict[str, Any]] = [
         {"destination": "/proc", "type": "proc", "source": "proc"},
         {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
@@ -152,6 +154,8 @@ def runtime_spec(
             "readonlyPaths": list(_READONLY),
         },
     }
+    if cgroups_path is not None:
+        spec["linux"]["cgroupsPath"] = cgroups_path
     if "uts" in namespaces:
         spec["hostname"] = "vz"
     return spec

@@ -32,6 +32,7 @@ from ..profiles import KernelProfile
 from ..vm.agent_client import ExecControl
 from ..vm.agent_protocol import MAX_WINSIZE
 from ..vm.port_forward import PortForwarder
+from . import guest, transfer, wire
 from .config import RuntimeConfig
 from .container import Attach, ContainerVm
 from .spec import merge_env
@@ -91,6 +92,20 @@ def _lines(conn: socket.socket) -> Iterator[dict[str, Any]]:
             yield json.loads(line)
         if len(buf) > _LINE_LIMIT:
             raise OciError("supervisor sent an oversized message")
+
+
+def connect(cdir: Path, timeout: float | None = None) -> socket.socket:
+    """A connected socket to a container's supervisor (for the byte-stream requests of :mod:`.wire`)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        with _short_path(cdir / SUPERVISOR_SOCKET) as p:
+            sock.connect(p)
+    except (ConnectionRefusedError, FileNotFoundError):
+        sock.close()
+        raise ContainerStateError(f"the supervisor of container {cdir.name} is not running",
+                                  hint="see `vz oci ps -a`; remove it with `vz oci rm`") from None
+    return sock
 
 
 def request(cdir: Path, msg: dict[str, Any],
@@ -227,25 +242,73 @@ class Supervisor:
     def _handle(self, conn: socket.socket) -> None:
         with conn:
             try:
-                for msg in _lines(conn):
-                    self._dispatch(conn, msg)
-                    return
+                reader = wire.Reader(conn)
+                msg = reader.json()
+                if msg is not None:
+                    self._dispatch(conn, msg, reader)
             except (OSError, ValueError):
                 return
             except VzLinuxError as e:
                 with contextlib.suppress(OSError):
                     _send(conn, {"ok": False, "error": e.one_line(), "exit_code": e.exit_code})
 
-    def _dispatch(self, conn: socket.socket, msg: dict[str, Any]) -> None:
+    def _dispatch(self, conn: socket.socket, msg: dict[str, Any], reader: wire.Reader) -> None:
         op = msg.get("op")
         handlers: dict[str, Callable[[socket.socket, dict[str, Any]], None]] = {
-            "ready": self._op_ready, "start": self._op_start, "exec": self._op_exec,
-            "stop": self._op_stop, "status": self._op_status,
+            "ready": self._op_ready, "start": self._op_start,
+            "stop": self._op_stop, "status": self._op_status, "stats": self._op_stats,
         }
+        streams: dict[str, Callable[[socket.socket, dict[str, Any], wire.Reader], None]] = {
+            "copy_in": self._op_copy_in, "copy_out": self._op_copy_out, "exec": self._op_exec,
+        }
+        if str(op) in streams:
+            streams[str(op)](conn, msg, reader)
+            return
         handler = handlers.get(str(op))
         if handler is None:
             raise OciError(f"unknown supervisor request {op!r}")
         handler(conn, msg)
+
+    def _up(self) -> ContainerVm:
+        """The VM, while the container's filesystem lives (created or running)."""
+        if self.cvm is None or self.finished.is_set() or self.boot_error is not None:
+            raise ContainerStateError(f"container {self.id} has no running VM")
+        return self.cvm
+
+    def _op_copy_in(self, conn: socket.socket, msg: dict[str, Any], reader: wire.Reader) -> None:
+        """``cp`` into the container: the client's chunks are a tar, extracted at ``path``."""
+        cvm = self._up()
+
+        def chunks() -> Iterator[bytes]:
+            while chunk := reader.chunk():
+                yield chunk
+
+        transfer.push_tar(cvm.vm, str(msg.get("path")), chunks())
+        _send(conn, {"ok": True})
+
+    def _op_copy_out(self, conn: socket.socket, msg: dict[str, Any], reader: wire.Reader) -> None:
+        """``cp`` out of the container: ``{"ok"}``, the tar of ``path`` as chunks, then the result."""
+        cvm = self._up()
+        _send(conn, {"ok": True})
+        try:
+            warnings = transfer.pull_tar(cvm.vm, str(msg.get("path")), lambda d: wire.send_chunk(conn, d))
+        except VzLinuxError as e:
+            wire.send_end(conn)
+            _send(conn, {"ok": False, "error": e.one_line(), "exit_code": e.exit_code})
+            return
+        wire.send_end(conn)
+        _send(conn, {"ok": True, "warnings": warnings})
+
+    def _op_stats(self, conn: socket.socket, msg: dict[str, Any]) -> None:
+        """The guest's figures for the container's cgroup (raw ``key value`` lines, bounded) and
+        QEMU's resident memory on the host."""
+        cvm = self._up()
+        t0 = time.monotonic()
+        r = cvm.vm.agent.exec_collect(["/bin/sh", "-c", guest.stats_script(self.id)], timeout=30,
+                                      max_output=64 << 10)
+        _send(conn, {"ok": True, "guest": r.stdout.decode("ascii", errors="replace"),
+                     "guest_exit": r.exit_code, "vm_rss_bytes": cvm.vm.rss_bytes(),
+                     "sampled_monotonic": (t0 + time.monotonic()) / 2})
 
     def _op_ready(self, conn: socket.socket, msg: dict[str, Any]) -> None:
         self.booted.wait()
@@ -283,7 +346,7 @@ class Supervisor:
             if not self.stopping:  # a stop in progress shuts down itself, once its kills are done
                 self.shutdown.set()
 
-    def _op_exec(self, conn: socket.socket, msg: dict[str, Any]) -> None:
+    def _op_exec(self, conn: socket.socket, msg: dict[str, Any], reader: wire.Reader) -> None:
         if self.runner is None or self.finished.is_set() or self.cvm is None:
             raise ContainerStateError(f"container {self.id} is not running",
                                       hint=f"start it with `vz oci start {self.id}`")
@@ -305,7 +368,7 @@ class Supervisor:
         def started(stream: ExecControl) -> None:
             with send_lock:
                 _send(conn, {"started": True})  # from now on the client may send stdin/resize
-            watchers.append(_follow_client(conn, stream))
+            watchers.append(_follow_client(reader, stream))
 
         attach = Attach(tty=msg.get("tty") is True, interactive=msg.get("interactive") is True,
                         winsize=_winsize(msg.get("winsize")), on_started=started)
@@ -388,13 +451,14 @@ def _winsize(value: object) -> tuple[int, int] | None:
     return None
 
 
-def _follow_client(conn: socket.socket, stream: ExecControl) -> threading.Thread:
+def _follow_client(reader: wire.Reader, stream: ExecControl) -> threading.Thread:
     """After ``started`` the exec client may send ``{"stdin": base64}``, ``{"eof": true}`` and
     ``{"resize": [rows, cols]}`` lines; the connection ending means it went away (Ctrl-C, killed),
     and then its command is killed in the guest instead of running on unseen."""
     def watch() -> None:
         with contextlib.suppress(OSError, ValueError, VzLinuxError):
-            for line in _lines(conn):
+            # the same buffered reader as the request: what followed it may already sit in its buffer
+            while (line := reader.json()) is not None:
                 if "stdin" in line:
                     stream.write_stdin(base64.b64decode(str(line["stdin"])))
                 elif line.get("eof") is True:
