@@ -45,3 +45,12 @@ def test_figures_from_two_samples() -> None:
     assert _figures(state, "running", None, with_memcg).memory_source == "cgroup"
     gone = _figures(state, "exited", None, None)
     assert gone.memory_bytes is None and gone.memory_source == "none" and gone.cpu_percent is None
+
+
+def test_cpu_stat_fields_of_newer_kernels_are_passed_over_but_others_still_refused() -> None:
+    # 6.12's cpu.stat has nice_usec, which 6.1's does not: not an attack, not shown.
+    g = parse_guest("cgroup present\ncpu.usage_usec 10\ncpu.nice_usec 0\n")
+    assert g["cpu.usage_usec"] == 10 and "cpu.nice_usec" not in g
+    for bad in ("cpu.NICE 0", "cpu.nice_usec 1 2", "memory.peak 5", "cpu./../x 1"):
+        with pytest.raises(StatsError):
+            parse_guest(f"cgroup present\n{bad}\n")

@@ -12,6 +12,7 @@ integers, anything else refused (:class:`~vz_linux.errors.StatsError`).
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -26,6 +27,7 @@ from .state import LIVE, ContainerState
 _KEYS = {"cgroup", "cpu.usage_usec", "cpu.user_usec", "cpu.system_usec", "cpu.nr_periods", "cpu.nr_throttled",
          "cpu.throttled_usec", "cpu.nr_bursts", "cpu.burst_usec", "memory.current", "pids.current",
          "rss.kib", "rss.procs"}
+_OTHER_CPU_KEY = re.compile(r"cpu\.[a-z][a-z_.]{0,39}")
 _MAX_LINES = 64
 _MAX_VALUE = 1 << 62
 
@@ -38,6 +40,8 @@ def parse_guest(text: str) -> dict[str, int]:
         raise StatsError(f"the guest sent {len(lines)} lines of stats (at most {_MAX_LINES})")
     for line in lines:
         parts = line.split()
+        if len(parts) == 2 and parts[0] not in _KEYS and _OTHER_CPU_KEY.fullmatch(parts[0]):
+            continue  # a cpu.stat field of another kernel version (6.12 adds nice_usec): not shown
         if len(parts) != 2 or parts[0] not in _KEYS:
             raise StatsError(f"the guest sent a malformed stats line {line[:80]!r}")
         key, value = parts

@@ -192,17 +192,28 @@ class _SerialPump:
         self._log.close()
 
 
-def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
-    """The last ``lines`` lines of a (serial) log, terminal escapes removed; '' if there is none."""
+def _log_end(path: Path) -> str:
+    """The last 16 KiB of a (serial) log, terminal escapes removed; '' if there is none."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
             f.seek(max(0, size - 16384))
-            text = _ANSI.sub("", f.read().decode(errors="replace"))
+            return _ANSI.sub("", f.read().decode(errors="replace"))
     except OSError:
         return ""
-    return "\n".join(text.splitlines()[-lines:])
+
+
+def tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a (serial) log, terminal escapes removed; '' if there is none."""
+    return "\n".join(_log_end(path).splitlines()[-lines:])
+
+
+def panic_line(path: Path) -> str | None:
+    """The kernel's last panic line near the end of a serial log: its stack trace can be longer than
+    the tail shown (6.12 prints more), so it is looked for in the whole last 16 KiB."""
+    found = [line for line in _log_end(path).splitlines() if PANIC_MARKER in line]
+    return found[-1][found[-1].index(PANIC_MARKER):].strip() if found else None
 
 
 def effective_accel(config: VmConfig) -> AccelVerdict:
@@ -366,9 +377,9 @@ class LinuxVm:
         """A :class:`GuestBootError` with QEMU's stderr and the serial log tail, naming a panic."""
         log_tail = tail(self.serial_log) if self.serial_log is not None else ""
         err = tail(self.workdir / "qemu.stderr", 5) if self.workdir is not None else ""
-        if PANIC_MARKER in log_tail:
-            panic = next(line for line in log_tail.splitlines() if PANIC_MARKER in line)
-            message = f"guest kernel panicked: {panic[panic.index(PANIC_MARKER):].strip()} ({message})"
+        panic = panic_line(self.serial_log) if self.serial_log is not None else None
+        if panic is not None:
+            message = f"guest kernel panicked: {panic} ({message})"
         parts = [message]
         if err.strip():
             parts.append(f"QEMU stderr:\n{err}")
