@@ -4,10 +4,12 @@ really arrives as SIGWINCH and Ctrl-C bytes really pass through a terminal in ra
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import re
 import select
+import socket
 import struct
 import subprocess
 import termios
@@ -86,3 +88,11 @@ class PtyCli:
             self.proc.wait()
         os.close(self.master)
         os.close(self.slave)
+
+
+def assert_closed_at_once(port: int) -> None:
+    """A connection to a published port with no listener inside is closed, not left hanging."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.settimeout(60)
+        with contextlib.suppress(ConnectionResetError):
+            assert s.recv(10) == b""

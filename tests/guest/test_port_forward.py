@@ -7,7 +7,6 @@ import concurrent.futures
 import contextlib
 import http.server
 import socket
-import threading
 import urllib.request
 from collections.abc import Iterator
 
@@ -17,6 +16,8 @@ from vz_linux.errors import PortInUseError, PortSpecError
 from vz_linux.oci.ports import parse_port, parse_ports
 from vz_linux.vm.agent_client import AgentClient
 from vz_linux.vm.port_forward import ForwardSpec, PortForwarder
+
+from ..local_http import local_http_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -41,12 +42,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def http_server() -> Iterator[int]:
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    yield int(srv.server_address[1])
-    srv.shutdown()
-    srv.server_close()
+    with local_http_server(_Handler) as port:
+        yield port
 
 
 def test_twenty_concurrent_http_requests_through_the_forward(client: AgentClient, http_server: int) -> None:
