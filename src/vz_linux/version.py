@@ -1,13 +1,13 @@
-"""Versions the host checks against a bundle (docs/selection.md, "Validation")."""
+"""Versions the host checks against a bundle (docs/selection.md, "Validation").
+
+A leaf that imports nothing: ``vz-linux --version`` and ``import vz_linux`` read it without
+touching package metadata. The package's version is this constant (pyproject.toml reads it:
+``[tool.hatch.version]``).
+"""
 
 from __future__ import annotations
 
-from importlib import metadata
-
-try:
-    __version__ = metadata.version("vz-linux")
-except metadata.PackageNotFoundError:  # running from a source tree without install
-    __version__ = "0.1.0"
+__version__ = "0.1.0"
 
 # The guest agent is versioned with the package: a bundle built by another release is refused
 # unless the caller opts out (require_exact_agent_version=False).

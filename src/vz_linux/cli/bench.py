@@ -29,7 +29,8 @@ from ..vm.bench import (
     write_json,
 )
 from ..vm.guest_source import GuestSource
-from .common import err_console, out_console, run_cli, setup_logging
+from .common import err_console, out_console
+from .entry import run_cli, setup_logging
 from .plot import check_plot_path, plot_results
 
 _PATH = click.Path(path_type=Path)

@@ -1,4 +1,5 @@
-"""``vz-linux``: the root command; each stage's commands live in their own module and are added here."""
+"""``vz-linux``: the root command. Each stage's commands live in their own module, named here and
+imported only when invoked (:class:`~.entry.LazyGroup`), so ``--version`` and ``--help`` start fast."""
 
 from __future__ import annotations
 
@@ -6,22 +7,45 @@ from typing import NoReturn
 
 import click
 
-from . import build_cmds, bundle_cmds, dist_cmds, run_cmds
-from .common import run_cli, setup_logging
+from ..version import __version__
+from .entry import LazyCommand, LazyGroup, run_cli, setup_logging
+
+# name -> where it lives and its short help (tests/test_startup.py checks both against the command)
+COMMANDS: dict[str, LazyCommand] = {
+    "build": LazyCommand("vz_linux.cli.build_cmds:build",
+                         "Build guest-kernel bundles: checked config, cached kernel, userland, version.json."),
+    "config": LazyCommand("vz_linux.cli.build_cmds:config_cmd",
+                          "Resolve and check a profile's kernel config without compiling."),
+    "install": LazyCommand("vz_linux.cli.bundle_cmds:install_cmd",
+                           "Validate the bundle in BUNDLE_DIR and install it atomically, or install a signed "
+                           "release (--from)."),
+    "ensure": LazyCommand("vz_linux.cli.bundle_cmds:ensure_cmd",
+                          "Find, validate and install the bundle for a profile (the selection API's resolution "
+                          "order)."),
+    "verify": LazyCommand("vz_linux.cli.bundle_cmds:verify_cmd",
+                          "Fully verify the bundle in BUNDLE_DIR: metadata, agent, capabilities, every checksum "
+                          "(re-hashed)."),
+    "run": LazyCommand("vz_linux.cli.run_cmds:run_cmd",
+                       "Start a guest, run COMMAND in it (after `--`), print its output, exit with its exit code."),
+    "keygen": LazyCommand("vz_linux.cli.dist_cmds:keygen_cmd",
+                          "Make a release signing key pair (OpenSSH ed25519): KEY (private) and KEY.pub."),
+    "release": LazyCommand("vz_linux.cli.dist_cmds:release_cmd",
+                           "Write release assets for BUNDLE_DIR...: tarballs, .sha256 sidecars, SHA256SUMS, "
+                           "provenance, signatures."),
+    "push": LazyCommand("vz_linux.cli.dist_cmds:push_cmd",
+                        "Push bundles (one profile, one per arch) to REF as OCI artifacts under one image index."),
+    "pull": LazyCommand("vz_linux.cli.dist_cmds:pull_cmd",
+                        "Pull the bundle REF names (HOST/REPO[:TAG][@sha256:…]); blobs and checksums are all "
+                        "verified."),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, lazy_commands=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log every external command.")
-@click.version_option(package_name="vz-linux")
+@click.version_option(__version__)
 def cli(verbose: bool) -> None:
     """Build, verify, select and boot Linux guest-kernel bundles for micro-VMs."""
     setup_logging(verbose)
-
-
-for _command in (build_cmds.build, build_cmds.config_cmd, bundle_cmds.install_cmd, bundle_cmds.ensure_cmd,
-                 bundle_cmds.verify_cmd, run_cmds.run_cmd, dist_cmds.keygen_cmd, dist_cmds.release_cmd,
-                 dist_cmds.push_cmd, dist_cmds.pull_cmd):
-    cli.add_command(_command)
 
 
 def main(args: list[str] | None = None) -> NoReturn:

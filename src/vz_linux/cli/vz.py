@@ -1,4 +1,5 @@
-"""``vz``: OCI containers in micro-VMs (``vz oci …``) and persistent Linux VMs (``vz vm linux …``).
+"""``vz oci …`` (containers in micro-VMs) and ``vz vm linux …`` (persistent Linux VMs): the groups the
+root command ``vz`` (:mod:`.vz_main`) imports when one is invoked.
 
 A thin shim: options become typed objects (:class:`RuntimeConfig`, :class:`ContainerRequest`,
 :class:`PullOptions`), the library does the work, errors are printed by :func:`run_cli`.
@@ -11,7 +12,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 
 import click
 from rich.table import Table
@@ -24,9 +25,10 @@ from ..oci.ports import parse_ports
 from ..oci.spec import Volume, parse_env
 from ..profiles import KernelProfile
 from . import image_cmds, vm_cmds
-from .common import out_console, run_cli, setup_logging
+from .common import out_console
 from .container_cmds import COMMANDS as CONTAINER_COMMANDS
 from .terminal import TerminalSession
+from .vz_main import main as main
 
 _PROFILES = click.Choice([p.value for p in KernelProfile])
 # Options stop at IMAGE so the container's command keeps its own flags (`-- sh -c …` or not).
@@ -41,15 +43,8 @@ def _write(stream: TextIO) -> Sink:
     return sink
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--verbose", is_flag=True, help="Log every external command.")
-@click.version_option(package_name="vz-linux")
-def vz(verbose: bool) -> None:
-    """Run OCI containers inside micro-VMs booted from a vz-linux bundle."""
-    setup_logging(verbose)
-
-
-@vz.group()
+# The root command `vz` is in .vz_main; it imports this module only when `oci` or `vm` is invoked.
+@click.group()
 def oci() -> None:
     """Containers from a registry image, an OCI image layout or a rootfs directory, each in its own micro-VM."""
 
@@ -252,7 +247,7 @@ for _cmd in (*image_cmds.COMMANDS, *CONTAINER_COMMANDS):
     oci.add_command(_cmd)
 
 
-@vz.group()
+@click.group()
 def vm() -> None:
     """Persistent VMs booted from an ext4 disk."""
 
@@ -264,7 +259,3 @@ def linux() -> None:
 
 for _cmd in vm_cmds.COMMANDS:
     linux.add_command(_cmd)
-
-
-def main(args: list[str] | None = None) -> NoReturn:
-    run_cli(vz, "vz", args)
