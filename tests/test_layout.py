@@ -194,7 +194,7 @@ def test_profiles_md_probe_table_matches_the_registry() -> None:
 
     text = (ROOT / "docs" / "profiles.md").read_text().split("## Capabilities: symbols and live probes", 1)[1]
     text = text.split("\n## ", 1)[0]
-    rows = {m[1]: m[2] for m in re.finditer(r"^\| `([a-z0-9_]+)` \|[^|]*\| (agent|snippet) \|", text, re.M)}
+    rows = {m[1]: m[2] for m in re.finditer(r"^\| `([a-z0-9_]+)` \|[^|]*\| (agent|boot|snippet) \|", text, re.M)}
     assert set(rows) == {c.value for c in REGISTRY}, sorted(set(rows) ^ {c.value for c in REGISTRY})
     for cap, spec in REGISTRY.items():
-        assert rows[cap.value] == ("agent" if spec.agent_probe else "snippet"), cap
+        assert rows[cap.value] == ("agent" if spec.agent_probe else "boot" if spec.boot_probe else "snippet"), cap

@@ -2,8 +2,8 @@
 
 Capabilities are *derived* from the resolved ``.config`` through this one table; nothing declares
 them by hand. Each capability also has a probe that proves it live in the guest: most by doing the
-thing (``vz-agent --probe NAME``, docs/agent.md "Probes", run by :mod:`vz_linux.vm.probes`), the
-rest by a shell snippet.
+thing (``vz-agent --probe NAME``, docs/agent.md "Probes", run by :mod:`vz_linux.vm.probes`), one by a
+boot of its own (``ext4_root``: :mod:`vz_linux.vm.root_probe`), the rest by a shell snippet.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ class CapabilitySpec:
     probe: str = ""
     # Proved instead by `vz-agent --probe <capability>`, which does the thing (docs/agent.md, "Probes").
     agent_probe: bool = False
+    # Proved instead by a boot of its own (vz_linux.vm.root_probe: ext4_root boots from an ext4 disk).
+    boot_probe: bool = False
 
     def requirement(self, arch: Architecture) -> Requirement:
         return self.symbols + tuple(self.arch_symbols.get(arch, ()))
@@ -45,8 +47,7 @@ REGISTRY: dict[KernelCapability, CapabilitySpec] = {
         CapabilitySpec(C.vsock, _all("VSOCKETS", "VIRTIO_VSOCKETS"), agent_probe=True),
         CapabilitySpec(C.virtiofs, _all("FUSE_FS", "VIRTIO_FS"), agent_probe=True),
         CapabilitySpec(C.hvc0_serial, _all("VIRTIO_CONSOLE", "HVC_DRIVER"), agent_probe=True),
-        CapabilitySpec(C.ext4_root, _all("EXT4_FS", "BLOCK", "VIRTIO_BLK"),
-                       probe="grep -w ext4 /proc/filesystems && ls -d /sys/bus/virtio/drivers/virtio_blk"),
+        CapabilitySpec(C.ext4_root, _all("EXT4_FS", "BLOCK", "VIRTIO_BLK"), boot_probe=True),
         CapabilitySpec(C.overlayfs, _all("OVERLAY_FS"), agent_probe=True),
         # The probe makes a veth pair across two new namespaces: VETH is part of the capability.
         CapabilitySpec(C.netns, _all("NET_NS", "VETH"), agent_probe=True),

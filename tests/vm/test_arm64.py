@@ -48,7 +48,8 @@ def test_arm64_verify_boot(container_bundle_arm64: Path) -> None:
         assert row.declared == (name in declared), name
         if row.declared:
             assert row.passed and row.evidence, (name, row.evidence)
-            if REGISTRY[row.capability].agent_probe:  # did the thing (docs/agent.md, "Probes")
+            spec = REGISTRY[row.capability]
+            if spec.agent_probe or spec.boot_probe:  # did the thing (docs/agent.md, "Probes")
                 assert row.evidence.startswith(f"{name}: ") and DID_IT[name] in row.evidence, row.evidence
     data = result.to_json()
     assert data["ok"] and {r["capability"] for r in data["rows"]} == declared

@@ -42,7 +42,7 @@ from .qemu import Disk
 ROOT_DEVICE = "/dev/vda"
 _EXT4_MAGIC_OFFSET = 1024 + 0x38  # superblock at 1024, s_magic at 0x38
 _EXT4_MAGIC = b"\x53\xef"
-_GUEST_BIN = "/run/vz/bin"  # the initramfs BusyBox inside the new root (linux/initramfs/init)
+GUEST_BIN = "/run/vz/bin"  # the initramfs BusyBox inside the new root (linux/initramfs/init)
 Sink = Callable[[bytes], None]
 
 
@@ -130,7 +130,7 @@ def _config(vm: PersistentVm, req: RunRequest) -> VmConfig:
 
 def _check_root(lvm: LinuxVm, vm: PersistentVm) -> None:
     """The agent runs on the disk, not in the initramfs (else nothing the command writes persists)."""
-    r = lvm.agent.exec_collect([f"{_GUEST_BIN}/cat", "/proc/self/mounts"], timeout=30, max_output=1 << 16)
+    r = lvm.agent.exec_collect([f"{GUEST_BIN}/cat", "/proc/self/mounts"], timeout=30, max_output=1 << 16)
     if not any(line.split()[:3] == [ROOT_DEVICE, "/", "ext4"] for line in r.stdout.decode(errors="replace").splitlines()):
         raise VmDiskError(f"VM {vm.name} did not boot from its disk (the guest could not mount {ROOT_DEVICE})",
                           hint=f"see {lvm.serial_log}; a bundle built before root= support needs a rebuild")
@@ -139,7 +139,7 @@ def _check_root(lvm: LinuxVm, vm: PersistentVm) -> None:
 def _shutdown(lvm: LinuxVm) -> None:
     """Flush the guest's writes to the disk, then power off (the agent syncs again)."""
     with contextlib.suppress(VzLinuxError):
-        lvm.agent.exec_collect([f"{_GUEST_BIN}/sync"], timeout=60)
+        lvm.agent.exec_collect([f"{GUEST_BIN}/sync"], timeout=60)
         lvm.agent.poweroff(PowerAction.REBOOT, timeout=30)
         if lvm.process is not None:
             with contextlib.suppress(Exception):
@@ -167,7 +167,7 @@ def run_vm(req: RunRequest, on_stdout: Sink, on_stderr: Sink) -> int:
 
 
 def _stream(lvm: LinuxVm, argv: Sequence[str], on_stdout: Sink, on_stderr: Sink, timeout: float | None) -> int:
-    env = {"PATH": f"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{_GUEST_BIN}", "HOME": "/root"}
+    env = {"PATH": f"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:{GUEST_BIN}", "HOME": "/root"}
     with lvm.exec_stream(list(argv), env=env, timeout=timeout) as stream:
         for chunk in stream:
             (on_stderr if chunk.stream is Stream.STDERR else on_stdout)(chunk.data)
