@@ -9,7 +9,10 @@ same machine and load. Figures per arch:
 
 * verify_boot_<arch>           — the whole verification (inputs made, boot, every probe, teardown);
 * verify_boot_probes_<arch>    — the probes alone (sum of the per-probe times seen by the host);
-* verify_boot_probe_<cap>_<arch> — each probe's time (median).
+* verify_boot_probe_<cap>_<arch> — each probe's time (median; ``ext4_root``'s is its whole boot);
+* verify_boot_no_boot_probes_<arch> — the same verification without the boot-of-its-own probes
+  (``ext4_root``), interleaved with the full one (A/B in one run);
+* verify_boot_boot_probes_cost_<arch> — p50 with minus p50 without.
 
 Prints one named figure per line (docs/benchmarks.md); ``--figures FILE`` also records them as JSON lines.
 """
@@ -42,6 +45,7 @@ def bundle_for(arch: Architecture, given: Path | None) -> Path:
 
 def measure(figures: Figures, bundles: dict[Architecture, Path], iterations: int) -> None:
     totals: dict[Architecture, list[float]] = {a: [] for a in bundles}
+    without: dict[Architecture, list[float]] = {a: [] for a in bundles}
     probes: dict[Architecture, list[float]] = {a: [] for a in bundles}
     each: dict[tuple[Architecture, str], list[float]] = {}
     for _ in range(iterations):
@@ -52,8 +56,14 @@ def measure(figures: Figures, bundles: dict[Architecture, Path], iterations: int
             probes[arch].append(sum(r.seconds for r in result.rows) * 1000)
             for r in result.rows:
                 each.setdefault((arch, r.capability.value), []).append(r.seconds * 1000)
+            started = time.monotonic()
+            verify_boot(bundle, accel="tcg", timeout=300, boot_probes=False)
+            without[arch].append((time.monotonic() - started) * 1000)
     for arch in bundles:
         figures.put_samples(f"verify_boot_{arch.value}", totals[arch])
+        figures.put_samples(f"verify_boot_no_boot_probes_{arch.value}", without[arch])
+        figures.put(f"verify_boot_boot_probes_cost_{arch.value}",
+                    statistics.median(totals[arch]) - statistics.median(without[arch]), "ms", n=iterations)
         figures.put(f"verify_boot_probes_{arch.value}", statistics.median(probes[arch]), "ms", n=iterations)
     for (arch, cap), samples in sorted(each.items()):
         figures.put(f"verify_boot_probe_{cap}_{arch.value}", statistics.median(samples), "ms", n=len(samples))

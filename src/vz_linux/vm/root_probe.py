@@ -95,7 +95,7 @@ def check_root(vm: LinuxVm, token: str, timeout: float) -> ProbeOutcome:
     if root != (ROOT_DEVICE, "ext4"):
         seen = f"{root[1]} on {root[0]}" if root else "not in mountinfo"
         return ProbeOutcome(False, one_line(f"/ is {seen}, not ext4 on {ROOT_DEVICE}: the init did not boot "
-                                            f"from the disk (serial log: {vm.serial_log})"))
+                                            f"from the disk (no ext4 or virtio-blk in this kernel?)"))
     ok, text = _read(vm, f"/{TOKEN_FILE}", timeout)
     if not ok or text.strip() != token:
         got = one_line(text, 40) if ok else text
