@@ -10,7 +10,9 @@
 
 Prints named figures with units: p50/p95 boot→ready per guest, the phase split, QEMU's RSS at
 agent-ready, and the two goals (container p50 ≤ 0.5x debian p50; agent overhead = container p50 -
-floor p50 < 100 ms). ``--cmdline-study`` measures each boot-time cmdline choice (leave-one-out).
+floor p50 < 100 ms). ``--cmdline-study`` measures each boot-time cmdline choice (leave-one-out);
+``--memory-study`` QEMU's RSS at agent-ready with each memory option undone (THP, TCG cache size,
+``init_on_alloc``), docs/vm.md "Memory".
 
   .venv/bin/python benchmarks/boot.py --bundle-dir linux/out/container --iterations 10 [--json out.json]
 """
@@ -80,6 +82,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--only", default="container,debian,floor", help="comma-separated subset")
     ap.add_argument("--cmdline-study", action="store_true", help="measure each fast-boot cmdline item")
+    ap.add_argument("--memory-study", action="store_true", help="RSS with each memory option undone")
     args = ap.parse_args()
 
     arch = Architecture.x86_64
@@ -109,7 +112,17 @@ def main() -> int:
             rest = tuple(x for x in FAST_CMDLINE if x != item)
             candidates[item] = BenchGuest(f"cmdline: all but {item}",
                                           replace(base, fast_cmdline=False, cmdline_extra=rest))
-    selected = [candidates[k] for k in candidates if args.cmdline_study or k in args.only.split(",")]
+    if args.memory_study:
+        candidates = {
+            "default": BenchGuest("mem: default (no THP, tb-size 64)", base),
+            "thp": BenchGuest("mem: THP on", replace(base, tcg_huge_pages=True)),
+            "tb": BenchGuest("mem: tb-size QEMU default", replace(base, tcg_tb_size_mib=None)),
+            "both": BenchGuest("mem: THP on, tb-size default", replace(base, tcg_huge_pages=True, tcg_tb_size_mib=None)),
+            # A later init_on_alloc= wins over HARDENING_CMDLINE's (measured only: the default keeps it).
+            "ioa": BenchGuest("mem: init_on_alloc=0", replace(base, cmdline_extra=("init_on_alloc=0",))),
+        }
+    study = args.cmdline_study or args.memory_study
+    selected = [candidates[k] for k in candidates if study or k in args.only.split(",")]
     opts = BenchOptions(iterations=args.iterations, timeout_secs=args.timeout_secs)
     results = {g.label: GuestResult(g.label) for g in selected}
     started = time.time()
