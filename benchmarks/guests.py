@@ -79,7 +79,7 @@ def bundle_archive(busybox: Path, agent: Path) -> Archive:
 
 
 # The init's lines that hand mounting to the agent (linux/initramfs/init); shell_init_archive drops them.
-_C_MOUNT_API = '"$AGENT" --mount-api 2>/dev/null || mount_api_filesystems'
+_C_MOUNT_API = 'if "$AGENT" --mount-api 2>/dev/null; then LO_UP=1; else mount_api_filesystems; fi'
 
 
 def shell_init_archive(busybox: Path, agent: Path) -> Archive:

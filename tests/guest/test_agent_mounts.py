@@ -1,6 +1,6 @@
 """`vz-agent --mount-api` and `--mount-root` (guest/agent/mounts.c) run for real in a private mount and
 network namespace, chrooted into the extracted initramfs: the mounts init needs, idempotence, the exit
-codes init maps, and a disk root whose absolute symlinks must resolve inside it (RESOLVE_IN_ROOT).
+codes init maps, lo brought up, and a disk root whose absolute symlinks must resolve inside it (RESOLVE_IN_ROOT).
 The virtiofs root needs a guest: tests/guest/test_initramfs_vm.py."""
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ def mounts(mountinfo: str) -> list[tuple[str, str]]:
 
 def test_mount_api_mounts_all_and_is_idempotent(tree: Path) -> None:
     r = in_guest_ns(tree, "/sbin/vz-agent --mount-api; echo rc=$?; /sbin/vz-agent --mount-api; echo rc=$?;"
-                          " ls -l /dev/ptmx; echo ---; cat /proc/self/mountinfo")
+                          " cat /sys/class/net/lo/flags; ls -l /dev/ptmx; echo ---; cat /proc/self/mountinfo")
     head, _, info = r.stdout.partition("---\n")
-    assert head.splitlines()[:2] == ["rc=0", "rc=0"], (r.stdout, r.stderr)
+    assert head.splitlines()[:3] == ["rc=0", "rc=0", "0x9"], (r.stdout, r.stderr)  # lo: IFF_UP | IFF_LOOPBACK
     assert "/dev/ptmx" in head
     got = mounts(info)
     for point in API_MOUNTS:
