@@ -4,11 +4,15 @@
   container  the container bundle (its kernel + initramfs + agent), to agent-ready;
   debian     the same initramfs on Debian's linux-image-cloud-amd64 kernel (virtio as modules,
              insmod'ed by a first /init; -M pc, see benchmarks/guests.py), to agent-ready;
-  floor      the container kernel with a trivial /init that writes one line to the agent port.
+  floor      the container kernel with a trivial /init that writes one line to the agent port;
+  shell-init the bundle's initramfs rebuilt from this checkout with init mounting through BusyBox
+             (as before `vz-agent --mount-api`): A/B of the agent's C mounts.
 
 Prints named figures with units: p50/p95 boot→ready per guest, the phase split, QEMU's RSS at
 agent-ready, and the two goals (container p50 ≤ 0.5x debian p50; agent overhead = container p50 -
-floor p50 < 100 ms). ``--cmdline-study`` measures each boot-time cmdline choice (leave-one-out).
+floor p50 < 100 ms). ``--cmdline-study`` measures each boot-time cmdline choice (leave-one-out);
+``--memory-study`` QEMU's RSS at agent-ready with each memory option undone (THP, TCG cache size,
+``init_on_alloc``), docs/vm.md "Memory".
 
   .venv/bin/python benchmarks/boot.py --bundle-dir linux/out/container --iterations 10 [--json out.json]
 """
@@ -78,6 +82,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--only", default="container,debian,floor", help="comma-separated subset")
     ap.add_argument("--cmdline-study", action="store_true", help="measure each fast-boot cmdline item")
+    ap.add_argument("--memory-study", action="store_true", help="RSS with each memory option undone")
     args = ap.parse_args()
 
     arch = Architecture.x86_64
@@ -90,12 +95,14 @@ def main() -> int:
     deb_initramfs = guests.write(guests.with_debian_modules(guests.bundle_archive(busybox, agent), deb),
                                  work / "debian-initramfs.img")
     floor_initramfs = guests.write(guests.floor_archive(busybox, arch), work / "floor-initramfs.img")
+    shell_initramfs = guests.write(guests.shell_init_archive(busybox, agent), work / "shell-init-initramfs.img")
     base = VmConfig(kernel=bundle / "vmlinux", initramfs=bundle / "initramfs.img", arch=arch, accel="tcg",
                     memory_mib=256)
     candidates = {
         "container": BenchGuest("container", base),
         "debian": BenchGuest("debian", replace(base, kernel=deb.image, initramfs=deb_initramfs, machine="pc")),
         "floor": BenchGuest("floor", replace(base, initramfs=floor_initramfs)),
+        "shell-init": BenchGuest("shell-init", replace(base, initramfs=shell_initramfs)),
     }
     if args.cmdline_study:
         candidates = {"none": BenchGuest("cmdline: none", replace(base, fast_cmdline=False)),
@@ -105,7 +112,17 @@ def main() -> int:
             rest = tuple(x for x in FAST_CMDLINE if x != item)
             candidates[item] = BenchGuest(f"cmdline: all but {item}",
                                           replace(base, fast_cmdline=False, cmdline_extra=rest))
-    selected = [candidates[k] for k in candidates if args.cmdline_study or k in args.only.split(",")]
+    if args.memory_study:
+        candidates = {
+            "default": BenchGuest("mem: default (no THP, tb-size 64)", base),
+            "thp": BenchGuest("mem: THP on", replace(base, tcg_huge_pages=True)),
+            "tb": BenchGuest("mem: tb-size QEMU default", replace(base, tcg_tb_size_mib=None)),
+            "both": BenchGuest("mem: THP on, tb-size default", replace(base, tcg_huge_pages=True, tcg_tb_size_mib=None)),
+            # A later init_on_alloc= wins over HARDENING_CMDLINE's (measured only: the default keeps it).
+            "ioa": BenchGuest("mem: init_on_alloc=0", replace(base, cmdline_extra=("init_on_alloc=0",))),
+        }
+    study = args.cmdline_study or args.memory_study
+    selected = [candidates[k] for k in candidates if study or k in args.only.split(",")]
     opts = BenchOptions(iterations=args.iterations, timeout_secs=args.timeout_secs)
     results = {g.label: GuestResult(g.label) for g in selected}
     started = time.time()
@@ -123,10 +140,14 @@ def main() -> int:
         for p in ("vmm", "kernel", "init", "agent", "kernel+init"):
             if (ps := r.phase(p)) is not None:
                 print(f"    phase {p}: {_fmt(ps)}")
-    if {"container", "debian", "floor"} <= results.keys():
-        c, d, f = (results[k].total().median for k in ("container", "debian", "floor"))
+    if {"container", "debian"} <= results.keys():
+        c, d = (results[k].total().median for k in ("container", "debian"))
         print(f"container_over_debian_p50 = {c / d:.3f} (goal <= 0.5)")
-        print(f"agent_overhead_p50 = {(c - f) * 1000:.0f} ms (goal < 100 ms)")
+    if "floor" in results:
+        f = results["floor"].total().median
+        for label, name in (("container", "agent_overhead_p50"), ("shell-init", "shell_init_overhead_p50")):
+            if label in results:
+                print(f"{name} = {(results[label].total().median - f) * 1000:.0f} ms (goal < 100 ms)")
     if args.json:
         data = {"host": host_info(), "iterations": args.iterations,
                 "samples": [vars(s) for r in results.values() for s in r.samples]}

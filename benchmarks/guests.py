@@ -78,6 +78,22 @@ def bundle_archive(busybox: Path, agent: Path) -> Archive:
     return build_archive(InitramfsInputs.default(busybox=busybox, agent=agent))
 
 
+# The init's lines that hand mounting to the agent (linux/initramfs/init); shell_init_archive drops them.
+_C_MOUNT_API = 'if "$AGENT" --mount-api 2>/dev/null; then LO_UP=1; else mount_api_filesystems; fi'
+
+
+def shell_init_archive(busybox: Path, agent: Path) -> Archive:
+    """The bundle initramfs with init mounting through BusyBox as before the agent did (A/B of the C mounts)."""
+    inputs = InitramfsInputs.default(busybox=busybox, agent=agent)
+    text = (inputs.source_dir / "init").read_text()
+    if _C_MOUNT_API not in text:
+        raise RuntimeError("linux/initramfs/init no longer calls vz-agent --mount-api: update benchmarks/guests.py")
+    archive = build_archive(inputs)
+    del archive.entries["init"]
+    archive.add_file("init", text.replace(_C_MOUNT_API, "mount_api_filesystems").encode(), 0o755)
+    return archive
+
+
 def floor_archive(busybox: Path, arch: Architecture) -> Archive:
     """/init finds the agent port, writes one line to it and reboots (QEMU exits): the boot floor."""
     script = """#!/bin/sh

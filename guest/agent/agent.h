@@ -68,6 +68,9 @@ void send_frame(struct conn *c, const struct buf *frame);
 void send_error(struct conn *c, uint32_t id, uint32_t code, const char *msg);
 void set_nonblock(int fd);
 
+/* mounts.c: vz-agent --mount-api | --mount-root (the init's mounts, docs/guest.md "Init") */
+int mounts_main(int argc, char **argv);
+
 /* exec.c */
 struct exec *exec_start(struct conn *c, uint32_t id, const struct vz_exec_req *r, int probe,
                         const char **err, int *err_errno);

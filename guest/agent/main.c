@@ -532,6 +532,8 @@ static void usage(void)
             "       vz-agent --stdio              serve one peer on stdin/stdout\n"
             "       vz-agent --probe NAME [ARGS]  run one capability probe (docs/agent.md, \"Probes\")\n"
             "       vz-agent --in-root ROOT --extract DEST | --create PATH   tar on stdin/stdout\n"
+            "       vz-agent --mount-api [--quiet]            init: mount /proc, /sys, /dev, /run... (docs/guest.md)\n"
+            "       vz-agent --mount-root [--quiet] [--disk DEV]  init: switch to the rootfs share or disk DEV\n"
             "       vz-agent --version\n",
             SERIAL_NAME, VSOCK_PORT);
 }
@@ -549,6 +551,8 @@ int main(int argc, char **argv)
         return files_main(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "--probe") == 0)
         return run_probe(argc - 2, argv + 2);
+    if (argc >= 2 && (strcmp(argv[1], "--mount-api") == 0 || strcmp(argv[1], "--mount-root") == 0))
+        return mounts_main(argc, argv);
     if (argc == 3 && strcmp(argv[1], "--listen") == 0) {
         if (strncmp(argv[2], "unix:", 5) == 0 && argv[2][5]) {
             g_unix_path = argv[2] + 5;

@@ -32,6 +32,7 @@ from .errors import CommandFailedError, ToolMissingError
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_THP_DISABLE = 41
 
 Redirect = int | IO[Any] | None
 
@@ -45,6 +46,12 @@ def libc() -> ctypes.CDLL:
 def _set_pdeathsig() -> None:
     """In the child, before exec: die with SIGKILL when the parent dies."""
     libc().prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _set_pdeathsig_no_thp() -> None:
+    """As :func:`_set_pdeathsig`, and no transparent huge pages for the child (kept across exec)."""
+    _set_pdeathsig()
+    libc().prctl(_PR_SET_THP_DISABLE, 1, 0, 0, 0)
 
 
 def _describe_status(returncode: int) -> str:
@@ -108,7 +115,8 @@ def run(
 
 
 def _start(args: list[str], *, stdin: Redirect, stdout: Redirect, stderr: Redirect,
-           env: Mapping[str, str] | None, cwd: Path | None, pass_fds: Sequence[int]) -> subprocess.Popen[bytes]:
+           env: Mapping[str, str] | None, cwd: Path | None, pass_fds: Sequence[int],
+           no_thp: bool = False) -> subprocess.Popen[bytes]:
     full_env = None if env is None else {**os.environ, **env}
     try:
         return subprocess.Popen(
@@ -119,7 +127,7 @@ def _start(args: list[str], *, stdin: Redirect, stdout: Redirect, stderr: Redire
             env=full_env,
             cwd=cwd,
             pass_fds=tuple(pass_fds),
-            preexec_fn=_set_pdeathsig,
+            preexec_fn=_set_pdeathsig_no_thp if no_thp else _set_pdeathsig,
             start_new_session=True,
         )
     except FileNotFoundError as e:
@@ -141,11 +149,17 @@ def spawn(
     cwd: Path | None = None,
     pass_fds: Sequence[int] = (),
     terminate_timeout: float = 5.0,
+    no_thp: bool = False,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Start a child; on exit terminate it (SIGTERM, then SIGKILL), reap it and close its pipes."""
+    """Start a child; on exit terminate it (SIGTERM, then SIGKILL), reap it and close its pipes.
+
+    ``no_thp``: the child (and what it execs) gets no transparent huge pages (``PR_SET_THP_DISABLE``):
+    a TCG QEMU's guest RAM then grows 4 KiB at a time instead of 2 MiB (docs/vm.md, "Memory").
+    """
     args = [str(a) for a in argv]
     log.debug("+ %s", quote(args))
-    proc = _start(args, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd, pass_fds=pass_fds)
+    proc = _start(args, stdin=stdin, stdout=stdout, stderr=stderr, env=env, cwd=cwd, pass_fds=pass_fds,
+                  no_thp=no_thp)
     try:
         yield proc
     finally:

@@ -71,3 +71,26 @@ def test_quiet_silences_init(bundle: Path, tmp_path: Path) -> None:
         vm.wait_for_agent(180)
         assert vm.exec_collect(["true"], timeout=60).exit_code == 0
     assert "[vz-init]" not in log.read_text(errors="replace")
+
+
+def test_rootfs_with_absolute_sbin_symlink(bundle: Path, tmp_path: Path) -> None:
+    """A rootfs whose /sbin is an absolute symlink (/sbin -> /usr/sbin): the agent is copied to the
+    root's /usr/sbin, resolved inside the root (vz-agent --mount-root, RESOLVE_IN_ROOT), and answers
+    from there; nothing lands in the initramfs's /usr/sbin."""
+    root = tmp_path / "rootfs"
+    (root / "usr" / "sbin").mkdir(parents=True)
+    (root / "etc").mkdir()
+    (root / "sbin").symlink_to("/usr/sbin")
+    (root / "etc" / "marker").write_text("abs-sbin\n")
+    cfg = VmConfig.from_bundle(bundle, accel="tcg", rootfs=root)
+    script = ("cat /etc/marker; ls /usr/sbin; readlink /proc/$PPID/exe;"
+              " ls /proc/1/root/usr/sbin | grep -c vz-agent || true")
+    with LinuxVm(cfg) as vm:
+        vm.wait_for_agent(180)
+        r = vm.exec_collect(["/run/vz/bin/sh", "-c", script], timeout=60)
+    assert r.exit_code == 0, (r.stdout, r.stderr, r.error)
+    lines = r.stdout.decode().splitlines()
+    # The agent (the exec's parent) runs from the root's /usr/sbin; PID 1's root is the initramfs,
+    # whose /usr/sbin stays empty ("0" from grep -c).
+    assert lines == ["abs-sbin", "vz-agent", "/usr/sbin/vz-agent", "0"], (lines, r.stderr)
+    assert not (root / "usr" / "sbin" / "vz-agent").exists()  # the copy is in the overlay's upper layer

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from benchmarks import density
 from benchmarks import snapshot as snapshot_bench
 from benchmarks.figures import Figures
 
@@ -60,3 +61,20 @@ def test_snapshot_benchmark_figures(container_bundle: Path, tmp_path: Path, metr
     state = metrics.get("template_state_bytes")
     assert state.unit == "bytes" and 0 < state.value <= metrics.get("template_disk_bytes").value + 4096
     assert os.environ.get("VZ_LINUX_CACHE_DIR") != str(tmp_path / "cache-1")  # the benchmark put it back
+
+
+def test_density_figures(container_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """benchmarks/density.py holds the VMs at once and reads each QEMU's PSS; no QEMU is left after."""
+    monkeypatch.setenv("VZ_LINUX_CACHE_DIR", str(tmp_path / "cache"))  # the template goes there
+    figures = Figures(echo=False)
+    result = density.measure_density(container_bundle, 2, 0.5, budget_mib=1024)
+    assert set(result) == {"cold", "restored"}
+    for d in result.values():
+        assert d.count == 2 and len(d.pss_mib) == len(d.rss_mib) == 2
+        assert all(0 < p <= r for p, r in zip(d.pss_mib, d.rss_mib, strict=True))
+        assert d.vms_in_budget == int(1024 // d.pss_mean)
+    density.measure(figures, container_bundle, 1, 0.0)
+    assert {f.name for f in figures.figures} == {"pss_idle_cold_mean", "pss_idle_restored_mean", "rss_idle_cold_mean",
+                                                 "rss_idle_restored_mean", "vms_in_budget_cold",
+                                                 "vms_in_budget_restored"}
+    assert not processes_mentioning(str(container_bundle / "vmlinux"))

@@ -23,7 +23,7 @@ def test_x86_64_microvm_pvh_with_agent_port() -> None:
     assert _opt(argv, "-kernel") == ["/k/vmlinux"] and _opt(argv, "-initrd") == ["/k/initramfs.img"]
     for flag in ("-nodefaults", "-no-user-config", "-nographic", "-no-reboot"):
         assert flag in argv
-    assert _opt(argv, "-m") == ["256M"] and _opt(argv, "-accel") == ["tcg"]
+    assert _opt(argv, "-m") == ["256M"] and _opt(argv, "-accel") == ["tcg,tb-size=64"]
     chardevs = _opt(argv, "-chardev")
     assert "socket,id=agent0,path=/w/agent.sock" in chardevs  # a client: no server=on
     assert not any("server=on" in c for c in chardevs)
@@ -92,3 +92,15 @@ def test_two_configs_compare_as_data() -> None:
     # The KSPP command-line hardening is on every boot (docs/profiles.md, "Hardening").
     assert {"init_on_alloc=1", "slab_nomerge", "page_alloc.shuffle=1", "randomize_kstack_offset=on"} <= set(words)
     assert "init_on_free=1" not in words
+
+
+def test_tcg_translation_cache_size() -> None:
+    """TCG gets a 64 MiB translation cache unless told otherwise; None keeps QEMU's default; KVM has none."""
+    base = QemuVm(arch=Architecture.x86_64, kernel=Path("/k/vmlinux"))
+    assert _opt(base.argv(), "-accel") == ["tcg,tb-size=64"]
+    assert _opt(QemuVm(arch=Architecture.x86_64, kernel=Path("/k/vmlinux"), tcg_tb_size_mib=16).argv(),
+                "-accel") == ["tcg,tb-size=16"]
+    assert _opt(QemuVm(arch=Architecture.x86_64, kernel=Path("/k/vmlinux"), tcg_tb_size_mib=None).argv(),
+                "-accel") == ["tcg"]
+    assert _opt(QemuVm(arch=Architecture.x86_64, kernel=Path("/k/vmlinux"), accel=Accel.kvm).argv(),
+                "-accel") == ["kvm"]

@@ -44,6 +44,13 @@ def test_shape_ignores_per_boot_paths_and_incoming(config: VmConfig) -> None:
     assert (a.machine, a.cpu, a.accel, a.cpus, a.memory_mib) == ("microvm,acpi=off,x-option-roms=off", "max", "tcg", 1, 256)
 
 
+def test_shape_ignores_host_memory_options(config: VmConfig) -> None:
+    """The TCG cache size and huge pages change QEMU's RSS, not the saved guest: same shape."""
+    a = _shape(config, Path("/w"))
+    assert a == _shape(replace(config, tcg_tb_size_mib=16, tcg_huge_pages=True), Path("/w"))
+    assert a == _shape(replace(config, tcg_tb_size_mib=None), Path("/w"))
+
+
 @pytest.mark.parametrize(("change", "fields"), [
     ({"memory_mib": 512}, {"memory_mib"}), ({"cpus": 2}, {"cpus"}), ({"network": True}, {"devices"}),
     ({"cmdline_extra": ("quiet2",)}, {"cmdline"}), ({"hvc_console": False}, {"devices"}),

@@ -109,6 +109,10 @@ class VmConfig:
     machine: str | None = None  # None: the arch's qemu_machine; "pc" for stock kernels
     transport: Transport | None = None
     tell_tsc_rate: bool = True  # TCG x86_64: pass the host's TSC rate (qemu.host_tsc_khz)
+    # TCG only (docs/vm.md, "Memory"): transparent huge pages for QEMU (off: guest RAM is backed 4 KiB at a
+    # time, not in 2 MiB pieces), and the translation cache size in MiB (None: QEMU's 1 GiB default).
+    tcg_huge_pages: bool = False
+    tcg_tb_size_mib: int | None = 64
 
     @classmethod
     def from_bundle(cls, bundle_dir: Path, **overrides: Any) -> VmConfig:
@@ -238,6 +242,7 @@ def describe(config: VmConfig, accel: Accel, workdir: Path, shares: tuple[Share,
         vsock_cid=config.vsock_cid if config.vsock_cid is not None and vhost_vsock_available() else None,
         machine=config.machine, transport=config.transport,
         tsc_khz=host_tsc_khz() if config.tell_tsc_rate and tcg_x86 else None, incoming=incoming,
+        tcg_tb_size_mib=config.tcg_tb_size_mib,
     )
 
 
@@ -314,7 +319,8 @@ class LinuxVm:
         stderr = self._stack.enter_context(open(workdir / "qemu.stderr", "wb"))  # noqa: SIM115
         self.spawned_ns = time.monotonic_ns()
         self._proc = self._stack.enter_context(spawn(
-            argv, stderr=stderr, terminate_timeout=3.0, pass_fds=() if incoming_fd is None else (incoming_fd,)))
+            argv, stderr=stderr, terminate_timeout=3.0, pass_fds=() if incoming_fd is None else (incoming_fd,),
+            no_thp=self.accel.accel is Accel.tcg and not cfg.tcg_huge_pages))
         # stop() ends QEMU before it unwinds the stack, so the pump sees EOF after the last byte.
         self._stack.callback(_SerialPump(serial_listener, serial_log).stop, self._proc)
         self._connect_qmp(qmp_listener)

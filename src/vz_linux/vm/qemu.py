@@ -118,6 +118,9 @@ class QemuVm:
     # Restoring a snapshot: QEMU starts with no guest running and waits for QMP migrate-incoming,
     # so the snapshot can be checked against this VM before any state is loaded (docs/vm.md).
     incoming: bool = False
+    # TCG's translation cache in MiB (-accel tcg,tb-size=N); None: QEMU's default, a 1 GiB reserve
+    # that shows in RSS (docs/vm.md, "Memory"). Not part of a snapshot's shape.
+    tcg_tb_size_mib: int | None = 64
     extra_args: tuple[str, ...] = field(default=())
 
     @property
@@ -158,7 +161,10 @@ class QemuVm:
 
     def argv(self) -> list[str]:
         a: list[str] = [self.qemu_binary, *self.machine_args()]
-        a += ["-accel", self.accel.value]
+        if self.accel is Accel.tcg and self.tcg_tb_size_mib is not None:
+            a += ["-accel", f"tcg,tb-size={self.tcg_tb_size_mib}"]
+        else:
+            a += ["-accel", self.accel.value]
         a += ["-smp", str(self.cpus), "-m", f"{self.memory_mib}M"]
         a += ["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]
         if self.virtio is Transport.mmio:

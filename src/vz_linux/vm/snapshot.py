@@ -140,7 +140,9 @@ def vm_shape(qemu: QemuVm) -> VmShape:
     opts = [(o, None if v is None else named(v)) for o, v in _options(qemu.argv()[1:])]
     value = {o: v or "" for o, v in opts if o in _NOT_DEVICES}
     devices = tuple(o if v is None else f"{o} {v}" for o, v in opts if o not in _NOT_DEVICES)
-    return VmShape(arch=qemu.arch.value, machine=value["-M"], cpu=value["-cpu"], accel=value["-accel"],
+    # The TCG cache size is the host's business: a guest saved with one restores under another.
+    accel = ",".join(p for p in value["-accel"].split(",") if not p.startswith("tb-size="))
+    return VmShape(arch=qemu.arch.value, machine=value["-M"], cpu=value["-cpu"], accel=accel,
                    cpus=qemu.cpus, memory_mib=qemu.memory_mib, cmdline=qemu.kernel_cmdline(), devices=devices)
 
 
