@@ -109,6 +109,7 @@ class VmConfig:
     machine: str | None = None  # None: the arch's qemu_machine; "pc" for stock kernels
     transport: Transport | None = None
     tell_tsc_rate: bool = True  # TCG x86_64: pass the host's TSC rate (qemu.host_tsc_khz)
+    tcg_tuning: bool = True  # TCG x86_64 microvm: qemu.TCG_X86_CMDLINE and -cpu TCG_X86_CPU (off to measure)
 
     @classmethod
     def from_bundle(cls, bundle_dir: Path, **overrides: Any) -> VmConfig:
@@ -238,6 +239,7 @@ def describe(config: VmConfig, accel: Accel, workdir: Path, shares: tuple[Share,
         vsock_cid=config.vsock_cid if config.vsock_cid is not None and vhost_vsock_available() else None,
         machine=config.machine, transport=config.transport,
         tsc_khz=host_tsc_khz() if config.tell_tsc_rate and tcg_x86 else None, incoming=incoming,
+        tcg_tuning=config.tcg_tuning,
     )
 
 
