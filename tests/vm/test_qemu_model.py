@@ -9,6 +9,7 @@ from vz_linux.vm.agent_protocol import SERIAL_PORT_NAME
 from vz_linux.vm.qemu import (
     TCG_X86_CMDLINE,
     TCG_X86_CPU,
+    TCG_X86_ITEMS,
     TCG_X86_TSC_CMDLINE,
     TCG_X86_UP_CMDLINE,
     Accel,
@@ -128,3 +129,11 @@ def test_tcg_tuning_only_for_x86_64_microvm_under_tcg() -> None:
     # The same VM without the tuning differs in exactly those words and the CPU model.
     off = QemuVm(arch=Architecture.x86_64, kernel=Path("/k"), tsc_khz=2_400_000, tcg_tuning=False)
     assert set(words) - set(off.kernel_cmdline().split()) == _TUNING
+
+
+def test_tcg_tuning_items_can_be_left_out_one_by_one() -> None:
+    for item in TCG_X86_ITEMS:
+        vm = QemuVm(arch=Architecture.x86_64, kernel=Path("/k"), tsc_khz=2_400_000, tcg_tuning_skip=(item,))
+        words = set(vm.kernel_cmdline().split())
+        assert item not in words and _TUNING - {item} <= words
+        assert _opt(vm.argv(), "-cpu") == ["max" if item == "-erms" else TCG_X86_CPU]

@@ -50,7 +50,7 @@ from ..version import AGENT_PROTOCOL_REVISION
 from .accel import AccelChoice, AccelVerdict, resolve_accel
 from .agent_client import AgentClient, AgentHello, ExecResult, ExecStream, ProbeResult
 from .guest_log import CappedLog
-from .qemu import Accel, Disk, QemuVm, Share, Transport, host_tsc_khz, vhost_vsock_available
+from .qemu import TCG_X86_ITEMS, Accel, Disk, QemuVm, Share, Transport, host_tsc_khz, vhost_vsock_available
 from .snapshot import (
     STATE,
     OpenSnapshot,
@@ -110,6 +110,7 @@ class VmConfig:
     transport: Transport | None = None
     tell_tsc_rate: bool = True  # TCG x86_64: pass the host's TSC rate (qemu.host_tsc_khz)
     tcg_tuning: bool = True  # TCG x86_64 microvm: qemu.TCG_X86_CMDLINE and -cpu TCG_X86_CPU (off to measure)
+    tcg_tuning_skip: tuple[str, ...] = ()  # items of qemu.TCG_X86_ITEMS left out (to measure each one)
 
     @classmethod
     def from_bundle(cls, bundle_dir: Path, **overrides: Any) -> VmConfig:
@@ -138,6 +139,9 @@ class VmConfig:
             raise InvalidConfigError("a VM needs at least 1 CPU and 32 MiB of memory")
         if self.serial_log_limit < 1:
             raise InvalidConfigError("serial_log_limit must be a positive number of bytes")
+        if unknown := set(self.tcg_tuning_skip) - set(TCG_X86_ITEMS):
+            raise InvalidConfigError(f"unknown TCG tuning item(s) {', '.join(sorted(unknown))}; "
+                                     f"valid: {', '.join(TCG_X86_ITEMS)}")
         tags = [s.tag for s in self.all_shares()]
         if len(set(tags)) != len(tags):
             raise InvalidConfigError(f"share tags must be unique: {', '.join(tags)}")
@@ -239,7 +243,7 @@ def describe(config: VmConfig, accel: Accel, workdir: Path, shares: tuple[Share,
         vsock_cid=config.vsock_cid if config.vsock_cid is not None and vhost_vsock_available() else None,
         machine=config.machine, transport=config.transport,
         tsc_khz=host_tsc_khz() if config.tell_tsc_rate and tcg_x86 else None, incoming=incoming,
-        tcg_tuning=config.tcg_tuning,
+        tcg_tuning=config.tcg_tuning, tcg_tuning_skip=config.tcg_tuning_skip,
     )
 
 

@@ -75,6 +75,8 @@ TCG_X86_UP_CMDLINE: tuple[str, ...] = ("noapictimer",)
 # TCG runs `rep stosb`/`rep movsb` a byte per helper step; without ERMS the kernel's memset/memcpy
 # and clear_page use the 8-byte string ops (page zeroing, free_initmem's poisoning).
 TCG_X86_CPU = "max,-erms"
+# Names of the tuning's items, to leave single ones out when measuring them (QemuVm.tcg_tuning_skip).
+TCG_X86_ITEMS: tuple[str, ...] = (*TCG_X86_CMDLINE, *TCG_X86_TSC_CMDLINE, *TCG_X86_UP_CMDLINE, "-erms")
 
 
 def qemu_opt(value: object) -> str:
@@ -137,6 +139,7 @@ class QemuVm:
     # Off only to measure it (benchmarks/kernel_phase.py); it changes saved state: the snapshot shape
     # records both the CPU model and the command line.
     tcg_tuning: bool = True
+    tcg_tuning_skip: tuple[str, ...] = ()  # items of TCG_X86_ITEMS left out (only to measure each one)
     extra_args: tuple[str, ...] = field(default=())
 
     @property
@@ -163,7 +166,7 @@ class QemuVm:
     def cpu_model(self) -> str:
         if self.accel is not Accel.tcg:
             return "host"
-        return TCG_X86_CPU if self.tcg_x86_tuned else "max"
+        return TCG_X86_CPU if self.tcg_x86_tuned and "-erms" not in self.tcg_tuning_skip else "max"
 
     def kernel_cmdline(self) -> str:
         parts: list[str] = [f"console={self.arch.serial_console}", *BASE_CMDLINE]
@@ -174,11 +177,12 @@ class QemuVm:
         if self.tsc_khz is not None and self.arch is Architecture.x86_64:
             parts.append(f"tsc_early_khz={self.tsc_khz}")
         if self.tcg_x86_tuned:
-            parts += TCG_X86_CMDLINE
+            tuning = [*TCG_X86_CMDLINE]
             if self.tsc_khz is not None:
-                parts += TCG_X86_TSC_CMDLINE
+                tuning += TCG_X86_TSC_CMDLINE
             if self.cpus == 1:
-                parts += TCG_X86_UP_CMDLINE
+                tuning += TCG_X86_UP_CMDLINE
+            parts += [item for item in tuning if item not in self.tcg_tuning_skip]
         parts += self.cmdline_extra
         return " ".join(parts)
 
