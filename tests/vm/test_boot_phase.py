@@ -73,7 +73,7 @@ def test_initramfs_compression_boots(container_bundle: Path, tmp_path: Path, com
     image = tmp_path / f"initramfs.{compression}"
     image.write_bytes(compress(raw, compression))
     assert Compression.detect(image.read_bytes()) is compression
-    cfg = VmConfig.from_bundle(container_bundle, accel="tcg", initramfs=image)
+    cfg = replace(VmConfig.from_bundle(container_bundle, accel="tcg"), initramfs=image)
     with LinuxVm(cfg) as vm:
         vm.wait_for_agent(180)
         r = vm.exec_collect(["sh", "-c", "test -x /sbin/vz-agent && echo ok"])
