@@ -63,6 +63,7 @@ def initramfs_variant(bundle: Path, compression: Compression, work: Path) -> Pat
     image = compress(raw, compression)
     out = work / f"initramfs-{hashlib.sha256(image).hexdigest()[:16]}.{compression.value}"
     if not out.exists():
+        work.mkdir(parents=True, exist_ok=True)
         write_atomic(out, image)
     return out
 
