@@ -34,6 +34,8 @@ APT_PACKAGES=(
   openssl
   # another wall clock for the reproducible-initramfs test (tests/guest/test_initramfs.py)
   faketime
+  # an lz4-compressed initramfs (vz-linux build --initramfs-compression lz4; the kernel needs RD_LZ4)
+  lz4
   # distribution: release signatures (ssh-keygen -Y), the registry client; tests: a local
   # distribution registry with htpasswd (bcrypt) basic auth
   openssh-client skopeo docker-registry apache2-utils

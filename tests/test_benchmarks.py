@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from benchmarks import agent_exec, ensure_installed
+from benchmarks import agent_exec, ensure_installed, kernel_phase
 from benchmarks import images as images_bench
 from benchmarks.figures import Figures
 
@@ -91,3 +91,19 @@ def test_images_persistent_vm_figures(metrics: Figures, tmp_path: Path, built_bu
     for name in ("vm_persistent_run", "vm_initramfs_run"):
         _assert_timed(metrics, name)
     assert metrics.get("vm_init_ext4").value > 0
+
+
+@pytest.mark.vm
+@pytest.mark.kernel
+@pytest.mark.slow
+def test_kernel_phase_figures(metrics: Figures, tmp_path: Path, built_bundle: Callable[..., Path]) -> None:
+    bundles = {arch: built_bundle(KernelProfile.container, arch) for arch in (Architecture.x86_64,
+                                                                               Architecture.arm64)}
+    results = kernel_phase.measure(metrics, bundles, 1, tmp_path)
+    assert [r.label for r in results] == ["x86_64", "x86_64_off", "arm64", "arm64_off"]
+    for r in results:
+        _assert_timed(metrics, f"kernel_phase_{r.label}")
+        _assert_timed(metrics, f"boot_to_agent_{r.label}")
+    for suffix in ("", "_off"):
+        ratio = metrics.get(f"kernel_phase_ratio_x86_64_over_arm64{suffix}")
+        assert ratio.unit == "ratio" and ratio.value > 0

@@ -115,6 +115,13 @@ class NotReproducibleError(BuildError):
     exit_code = 23
 
 
+class InitramfsCompressionError(BuildError):
+    """An initramfs compression that is unknown, or that the bundle's kernel cannot unpack
+    (docs/guest.md, "Initramfs")."""
+
+    exit_code = 94
+
+
 class BuildRootError(BuildError):
     """The isolated build root (mmdebstrap + bubblewrap) could not be made or entered
     (docs/reproducible.md, "Hermetic builds")."""

@@ -56,6 +56,13 @@ def test_every_exit_code_is_the_one_its_docs_table_states() -> None:
     assert documented == actual
 
 
+def test_build_refuses_an_unknown_initramfs_compression(tmp_path: Path) -> None:
+    r = vz(tmp_path, "build", "--profile", "container", "--initramfs-compression", "zstd",
+           "--out", str(tmp_path / "out"))
+    assert_one_line_error(r, 94, "unknown initramfs compression 'zstd'", "none, gzip, lz4")
+    assert not (tmp_path / "out").exists()  # refused before anything was built
+
+
 def test_verify_good_and_json(tmp_path: Path) -> None:
     meta = make_bundle(tmp_path / "b")
     r = vz(tmp_path, "verify", str(tmp_path / "b"))

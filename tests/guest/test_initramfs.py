@@ -14,9 +14,9 @@ import pytest
 
 from vz_linux.arch import Architecture
 from vz_linux.build.busybox import APPLETS, Busybox
-from vz_linux.build.cpio import DEFAULT_EPOCH, Archive, Entry, EntryKind
-from vz_linux.build.initramfs import InitramfsInputs, write_initramfs
-from vz_linux.errors import BuildError
+from vz_linux.build.cpio import DEFAULT_EPOCH, Archive, Compression, Entry, EntryKind, decompress
+from vz_linux.build.initramfs import InitramfsInputs, check_kernel_unpacks, write_initramfs
+from vz_linux.errors import BuildError, InitramfsCompressionError
 
 from .userland_fixtures import ARCHES, cpio_listing, extract
 
@@ -25,24 +25,27 @@ MAX_COMPRESSED = 1_500_000
 
 BUILD = (
     "import sys; from pathlib import Path\n"
+    "from vz_linux.build.cpio import Compression\n"
     "from vz_linux.build.initramfs import InitramfsInputs, write_initramfs\n"
     "busybox, agent, src, out = map(Path, sys.argv[1:5])\n"
-    "write_initramfs(InitramfsInputs(busybox=busybox, agent=agent, source_dir=src), out)\n"
+    "write_initramfs(InitramfsInputs(busybox=busybox, agent=agent, source_dir=src), out,\n"
+    "                compression=Compression(sys.argv[5]))\n"
 )
 
 
-def _build_elsewhere(inputs: InitramfsInputs, out: Path, *, clock: str, tz: str, umask: int) -> bytes:
+def _build_elsewhere(inputs: InitramfsInputs, out: Path, *, clock: str, tz: str, umask: int,
+                     compression: Compression) -> bytes:
     """Build in a fresh process with its own wall clock (faketime), time zone and umask."""
     env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"} | {"TZ": tz}
     subprocess.run(["faketime", clock, sys.executable, "-c", BUILD, str(inputs.busybox), str(inputs.agent),
-                    str(inputs.source_dir), str(out)], env=env, check=True, timeout=120,
+                    str(inputs.source_dir), str(out), compression.value], env=env, check=True, timeout=120,
                    preexec_fn=lambda: os.umask(umask))
     return out.read_bytes()
 
 
 def newc_members(image: bytes) -> list[tuple[str, int, int, int]]:
-    """(name, mtime, uid, gid) of every member of a gzip newc archive, parsed from its headers."""
-    raw = gzip.decompress(image)
+    """(name, mtime, uid, gid) of every member of a newc archive (any compression), from its headers."""
+    raw = decompress(image)
     out, pos = [], 0
     while True:
         assert raw[pos:pos + 6] == b"070701", f"no newc header at {pos}"
@@ -57,7 +60,9 @@ def newc_members(image: bytes) -> list[tuple[str, int, int, int]]:
         pos += size + (-size % 4)
 
 
-def test_two_builds_are_byte_identical(host_inputs: InitramfsInputs, tmp_path: Path) -> None:
+@pytest.mark.parametrize("compression", list(Compression), ids=str)
+def test_two_builds_are_byte_identical(host_inputs: InitramfsInputs, tmp_path: Path,
+                                       compression: Compression) -> None:
     # Second build from copies in another place, with other mtimes, in another process with another
     # wall clock, time zone and umask: only content may matter.
     copies = tmp_path / "copies"
@@ -67,11 +72,13 @@ def test_two_builds_are_byte_identical(host_inputs: InitramfsInputs, tmp_path: P
     os.utime(copies / "busybox", (1, 1))
     other = InitramfsInputs(busybox=copies / "busybox", agent=copies / "agent", source_dir=copies / "src")
     a = _build_elsewhere(host_inputs, tmp_path / "a.img", clock="2031-05-06 07:08:09", tz="Asia/Kolkata",
-                         umask=0o077)
+                         umask=0o077, compression=compression)
     b = _build_elsewhere(other, tmp_path / "b.img", clock="2019-02-03 04:05:06", tz="America/Los_Angeles",
-                         umask=0o022)
+                         umask=0o022, compression=compression)
     assert a == b
-    assert a[:2] == b"\x1f\x8b" and a[4:8] == b"\0\0\0\0"  # gzip, header mtime 0
+    assert Compression.detect(a) is compression
+    if compression is Compression.gzip:
+        assert a[4:8] == b"\0\0\0\0"  # header mtime 0
     # Every member carries the pinned epoch and root ownership, whatever the clock said.
     members = newc_members(a)
     assert len(members) > 100
@@ -153,7 +160,7 @@ def test_applets_exist_in_busybox(busyboxes: dict[Architecture, Busybox]) -> Non
 def test_compressed_size_per_arch(arch: Architecture, busyboxes: dict[Architecture, Busybox],
                                   agents: dict[Architecture, Path], tmp_path: Path) -> None:
     inputs = InitramfsInputs.default(busybox=busyboxes[arch].path, agent=agents[arch])
-    image = write_initramfs(inputs, tmp_path / "i.img")
+    image = write_initramfs(inputs, tmp_path / "i.img", compression=Compression.gzip)
     assert image.stat().st_size < MAX_COMPRESSED
     # The arch's own binaries went in, not the host's.
     tree = extract(image, tmp_path / "x")
@@ -190,3 +197,30 @@ def test_newc_format_matches_cpio_reading(tmp_path: Path) -> None:
     assert os.readlink(tree / "d" / "link") == "odd"
     assert (tree / "e").read_bytes() == b""
     assert len(gzip.decompress(img.read_bytes())) % 512 == 0
+
+
+def test_uncompressed_by_default_and_every_compression_round_trips(host_inputs: InitramfsInputs,
+                                                                  tmp_path: Path) -> None:
+    default = write_initramfs(host_inputs, tmp_path / "default.img").read_bytes()
+    assert default[:6] == b"070701" and Compression.detect(default) is Compression.none
+    for c in Compression:
+        image = write_initramfs(host_inputs, tmp_path / f"{c}.img", compression=c).read_bytes()
+        assert Compression.detect(image) is c
+        assert decompress(image) == default  # the same archive inside
+    # The lz4 image is in the kernel's legacy frame and Debian's lz4 reads it back.
+    lz4 = (tmp_path / "lz4.img").read_bytes()
+    assert subprocess.run(["lz4", "-d", "-c"], input=lz4, capture_output=True, check=True).stdout == default
+
+
+def test_unknown_or_unpackable_compression_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(InitramfsCompressionError, match="unknown initramfs compression 'zstd'") as e:
+        Compression.parse("zstd")
+    assert e.value.exit_code == 94
+    assert Compression.parse("lz4") is Compression.lz4
+    config = "CONFIG_BLK_DEV_INITRD=y\nCONFIG_RD_GZIP=y\n# CONFIG_RD_LZ4 is not set\n"
+    with pytest.raises(InitramfsCompressionError, match="CONFIG_RD_LZ4 is not set"):
+        check_kernel_unpacks(Compression.lz4, config)
+    check_kernel_unpacks(Compression.gzip, config)
+    check_kernel_unpacks(Compression.none, "")
+    with pytest.raises(InitramfsCompressionError, match="neither a newc archive"):
+        Compression.detect(b"BZh91AY&SY")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import subprocess
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from vz_linux.arch import Architecture
 from vz_linux.build.agent import build_agent
 from vz_linux.build.busybox import Busybox, get_busybox
+from vz_linux.build.cpio import decompress
 from vz_linux.build.crun import OciRuntime, ensure_crun
 from vz_linux.build.initramfs import InitramfsInputs
 
@@ -40,14 +40,14 @@ def host_inputs(busyboxes: dict[Architecture, Busybox], agents: dict[Architectur
 
 
 def cpio_listing(image: Path, verbose: bool = False) -> str:
-    """What Debian's cpio lists for a gzip'd initramfs."""
-    data = gzip.decompress(image.read_bytes())
+    """What Debian's cpio lists for an initramfs (uncompressed, gzip or lz4)."""
+    data = decompress(image.read_bytes())
     args = ["cpio", "-t", "--quiet"] + (["-v", "--numeric-uid-gid"] if verbose else [])
     return subprocess.run(args, input=data, capture_output=True, check=True).stdout.decode()
 
 
 def extract(image: Path, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["cpio", "-idm", "--quiet"], input=gzip.decompress(image.read_bytes()), cwd=dest,
+    subprocess.run(["cpio", "-idm", "--quiet"], input=decompress(image.read_bytes()), cwd=dest,
                    check=True)
     return dest

@@ -6,7 +6,18 @@ from pathlib import Path
 
 from vz_linux.arch import Architecture
 from vz_linux.vm.agent_protocol import SERIAL_PORT_NAME
-from vz_linux.vm.qemu import Accel, Disk, QemuVm, Share, Transport
+from vz_linux.vm.qemu import (
+    TCG_X86_CMDLINE,
+    TCG_X86_CPU,
+    TCG_X86_ITEMS,
+    TCG_X86_TSC_CMDLINE,
+    TCG_X86_UP_CMDLINE,
+    Accel,
+    Disk,
+    QemuVm,
+    Share,
+    Transport,
+)
 
 
 def _opt(argv: list[str], flag: str) -> list[str]:
@@ -104,3 +115,35 @@ def test_tcg_translation_cache_size() -> None:
                 "-accel") == ["tcg"]
     assert _opt(QemuVm(arch=Architecture.x86_64, kernel=Path("/k/vmlinux"), accel=Accel.kvm).argv(),
                 "-accel") == ["kvm"]
+_TUNING = {*TCG_X86_CMDLINE, *TCG_X86_TSC_CMDLINE, *TCG_X86_UP_CMDLINE}
+
+
+def test_tcg_tuning_only_for_x86_64_microvm_under_tcg() -> None:
+    up = QemuVm(arch=Architecture.x86_64, kernel=Path("/k"), tsc_khz=2_400_000)
+    words = up.kernel_cmdline().split()
+    assert set(words) >= _TUNING
+    assert {"noreplace-smp", "no_timer_check", "tsc=reliable", "noapictimer"} == _TUNING
+    assert _opt(up.argv(), "-cpu") == [TCG_X86_CPU] == ["max,-erms"]
+    # tsc=reliable only when the guest is told the TSC rate; noapictimer only with one vCPU.
+    smp = QemuVm(arch=Architecture.x86_64, kernel=Path("/k"), cpus=2).kernel_cmdline().split()
+    assert set(TCG_X86_CMDLINE) <= set(smp)
+    assert "tsc=reliable" not in smp and "noapictimer" not in smp and "tsc_early_khz" not in " ".join(smp)
+    # Not under KVM, not on arm64, not on -M pc (stock kernels), not when turned off.
+    others = [QemuVm(arch=Architecture.x86_64, kernel=Path("/k"), accel=Accel.kvm, tsc_khz=1),
+              QemuVm(arch=Architecture.arm64, kernel=Path("/k"), tsc_khz=1),
+              QemuVm(arch=Architecture.x86_64, kernel=Path("/k"), machine="pc", tsc_khz=1),
+              QemuVm(arch=Architecture.x86_64, kernel=Path("/k"), tcg_tuning=False, tsc_khz=1)]
+    for vm in others:
+        assert not _TUNING & set(vm.kernel_cmdline().split()), vm
+        assert _opt(vm.argv(), "-cpu") == ["host" if vm.accel is Accel.kvm else "max"], vm
+    # The same VM without the tuning differs in exactly those words and the CPU model.
+    off = QemuVm(arch=Architecture.x86_64, kernel=Path("/k"), tsc_khz=2_400_000, tcg_tuning=False)
+    assert set(words) - set(off.kernel_cmdline().split()) == _TUNING
+
+
+def test_tcg_tuning_items_can_be_left_out_one_by_one() -> None:
+    for item in TCG_X86_ITEMS:
+        vm = QemuVm(arch=Architecture.x86_64, kernel=Path("/k"), tsc_khz=2_400_000, tcg_tuning_skip=(item,))
+        words = set(vm.kernel_cmdline().split())
+        assert item not in words and _TUNING - {item} <= words
+        assert _opt(vm.argv(), "-cpu") == ["max" if item == "-erms" else TCG_X86_CPU]

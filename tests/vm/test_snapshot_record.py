@@ -41,7 +41,7 @@ def test_shape_ignores_per_boot_paths_and_incoming(config: VmConfig) -> None:
     assert a == b
     assert not any("vz-vm-" in d for d in a.devices), a.devices
     assert "-chardev socket,id=agent0,path=AGENT" in a.devices
-    assert (a.machine, a.cpu, a.accel, a.cpus, a.memory_mib) == ("microvm,acpi=off,x-option-roms=off", "max", "tcg", 1, 256)
+    assert (a.machine, a.cpu, a.accel, a.cpus, a.memory_mib) == ("microvm,acpi=off,x-option-roms=off", "max,-erms", "tcg", 1, 256)
 
 
 def test_shape_ignores_host_memory_options(config: VmConfig) -> None:
@@ -52,9 +52,12 @@ def test_shape_ignores_host_memory_options(config: VmConfig) -> None:
 
 
 @pytest.mark.parametrize(("change", "fields"), [
-    ({"memory_mib": 512}, {"memory_mib"}), ({"cpus": 2}, {"cpus"}), ({"network": True}, {"devices"}),
+    ({"memory_mib": 512}, {"memory_mib"}), ({"network": True}, {"devices"}),
+    ({"cpus": 2}, {"cpus", "cmdline"}),  # the TCG tuning's noapictimer is for one vCPU only
+    ({"tcg_tuning": False}, {"cpu", "cmdline"}),  # -cpu max,-erms changes the saved CPU state
     ({"cmdline_extra": ("quiet2",)}, {"cmdline"}), ({"hvc_console": False}, {"devices"}),
-    ({"machine": "pc"}, {"machine", "devices"}),  # pc also means virtio over PCI
+    # pc also means virtio over PCI, and no TCG tuning (stock kernels)
+    ({"machine": "pc"}, {"machine", "devices", "cpu", "cmdline"}),
 ])
 def test_shape_sees_every_difference_that_matters(config: VmConfig, change: dict[str, object],
                                                   fields: set[str]) -> None:

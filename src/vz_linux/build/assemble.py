@@ -26,8 +26,9 @@ from ..profiles import KernelProfile
 from ..version import AGENT_PROTOCOL_REVISION, AGENT_VERSION, METADATA_SCHEMA_VERSION
 from .agent import build_agent
 from .busybox import get_busybox
+from .cpio import Compression
 from .crun import ensure_crun
-from .initramfs import InitramfsInputs, write_initramfs
+from .initramfs import InitramfsInputs, check_kernel_unpacks, write_initramfs
 from .kernel import KernelInfo
 from .reproducible import build_epoch
 
@@ -54,15 +55,18 @@ def assemble_bundle(
     arch: Architecture,
     kernel_image: Path,
     kernel: KernelInfo,
+    compression: Compression = Compression.none,
 ) -> BundleMetadata:
     """Build the userland for ``arch`` and write the complete bundle to ``out_dir`` atomically."""
     if not kernel_image.is_file():
         raise BuildError(f"kernel image {kernel_image} does not exist")
+    check_kernel_unpacks(compression, kernel.config_text)
     out_dir = Path(os.path.abspath(out_dir))
     # Owned (fsutil.owned_tempdir): the stage of an assembly that was SIGKILLed is removed by the
     # next one. The ".install-" name lets install's crash recovery treat a leftover like its own.
     with owned_tempdir(out_dir.parent, f".{out_dir.name}.install-") as stage:
-        metadata = _stage_bundle(stage, profile=profile, arch=arch, kernel_image=kernel_image, kernel=kernel)
+        metadata = _stage_bundle(stage, profile=profile, arch=arch, kernel_image=kernel_image, kernel=kernel,
+                                 compression=compression)
         fsync_dir(stage)
         os.chmod(stage, 0o755)
         swap_in(stage, out_dir)  # afterwards `stage` holds the previous bundle, if there was one
@@ -73,14 +77,14 @@ def assemble_bundle(
 
 
 def _stage_bundle(stage: Path, *, profile: KernelProfile, arch: Architecture, kernel_image: Path,
-                  kernel: KernelInfo) -> BundleMetadata:
+                  kernel: KernelInfo, compression: Compression) -> BundleMetadata:
     """Write every bundle file and ``version.json`` into ``stage``."""
     busybox = get_busybox(arch)
     crun = ensure_crun(arch)
     agent = build_agent(arch)  # cached by its inputs
     epoch = build_epoch()  # one time for the whole bundle: the archive's mtimes and `built`
     write_initramfs(InitramfsInputs.default(busybox=busybox.path, agent=agent), stage / layout.INITRAMFS,
-                    mtime=epoch)
+                    mtime=epoch, compression=compression)
     _copy(kernel_image, stage / layout.KERNEL, 0o644)
     _copy(crun.path, stage / layout.OCI_RUNTIME, 0o755)
     files = {name: FileInfo.of(stage / name) for name in layout.ARTIFACTS}

@@ -1,10 +1,14 @@
-"""A reproducible newc ("070701") cpio writer, gzip-compressed, for the initramfs.
+"""A reproducible newc ("070701") cpio writer for the initramfs: uncompressed, gzip or lz4.
 
 Why our own: GNU cpio takes owners, mtimes and order from the build machine; the kernel's
 ``gen_init_cpio`` is not on the host. Here every entry is declared as data, written in a fixed
 order (sorted by path components, so a directory always precedes its contents) with uid/gid 0,
 one mtime for all (``SOURCE_DATE_EPOCH`` or a fixed constant) and inode numbers assigned in that
-order; gzip is written with mtime 0 and no file name. Same inputs, same bytes.
+order; gzip is written with mtime 0 and no file name, lz4 in the legacy frame the kernel reads
+(``lz4 -l``, which has no header fields that vary). Same inputs, same bytes.
+
+Uncompressed is the default (docs/guest.md, "Initramfs"): under TCG the kernel's inflate costs more
+boot time than the larger image costs to load, and the image is read from the host's page cache.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from ..errors import BuildError
+from ..errors import BuildError, InitramfsCompressionError
+from ..run import run
 
 # 2024-01-01T00:00:00Z: used when SOURCE_DATE_EPOCH is unset, so builds never depend on the clock.
 DEFAULT_EPOCH = 1_704_067_200
@@ -28,6 +33,63 @@ class EntryKind(enum.Enum):
     DIR = stat.S_IFDIR
     SYMLINK = stat.S_IFLNK
     CHAR_DEVICE = stat.S_IFCHR
+
+
+class Compression(enum.StrEnum):
+    """How ``initramfs.img`` is compressed. The kernel needs the matching ``CONFIG_RD_*``."""
+
+    none = "none"
+    gzip = "gzip"
+    lz4 = "lz4"
+
+    @classmethod
+    def parse(cls, name: str) -> Compression:
+        try:
+            return cls(name)
+        except ValueError:
+            raise InitramfsCompressionError(
+                f"unknown initramfs compression {name!r}; valid: {', '.join(c.value for c in cls)}") from None
+
+    @property
+    def kconfig(self) -> str | None:
+        """The kernel option that unpacks this compression (None: nothing to unpack)."""
+        return {Compression.none: None, Compression.gzip: "RD_GZIP", Compression.lz4: "RD_LZ4"}[self]
+
+    @classmethod
+    def detect(cls, image: bytes) -> Compression:
+        """Which compression an image was written with, by its magic bytes."""
+        if image[:2] == _GZIP_MAGIC:
+            return cls.gzip
+        if image[:4] == _LZ4_LEGACY_MAGIC:
+            return cls.lz4
+        if image[:6] == _MAGIC:
+            return cls.none
+        raise InitramfsCompressionError("the initramfs is neither a newc archive nor gzip or lz4 (legacy) "
+                                        "compressed")
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_LZ4_LEGACY_MAGIC = b"\x02\x21\x4c\x18"
+
+
+def compress(raw: bytes, compression: Compression) -> bytes:
+    """``raw`` (a newc archive) compressed, reproducibly: same bytes in, same bytes out."""
+    if compression is Compression.none:
+        return raw
+    if compression is Compression.gzip:
+        return gzip.compress(raw, compresslevel=9, mtime=0)
+    # Legacy frame (-l): what the kernel's unlz4 reads; -9: best ratio; no content size, no mtime.
+    return run(["lz4", "-l", "-9", "-q", "-c"], input=raw).stdout
+
+
+def decompress(image: bytes) -> bytes:
+    """The newc archive inside an initramfs image written by :func:`compress`."""
+    compression = Compression.detect(image)
+    if compression is Compression.none:
+        return image
+    if compression is Compression.gzip:
+        return gzip.decompress(image)
+    return run(["lz4", "-d", "-q", "-c"], input=image).stdout
 
 
 @dataclass(frozen=True)
@@ -105,8 +167,12 @@ class Archive:
         return bytes(out)
 
     def to_gzip(self, mtime: int | None = None) -> bytes:
-        """The archive gzip-compressed (level 9, header mtime 0, no name): what the kernel unpacks."""
-        return gzip.compress(self.to_cpio(mtime), compresslevel=9, mtime=0)
+        """The archive gzip-compressed (level 9, header mtime 0, no name)."""
+        return self.to_image(Compression.gzip, mtime)
+
+    def to_image(self, compression: Compression, mtime: int | None = None) -> bytes:
+        """The archive as an initramfs image with ``compression``."""
+        return compress(self.to_cpio(mtime), compression)
 
 
 def source_date_epoch() -> int:

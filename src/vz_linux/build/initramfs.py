@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BuildError
+from ..errors import BuildError, InitramfsCompressionError
 from ..fsutil import write_atomic
 from ..layout import source_checkout
 from .busybox import APPLETS
-from .cpio import Archive
+from .cpio import Archive, Compression
 
 AGENT_PATH = "sbin/vz-agent"
 BUSYBOX_PATH = "bin/busybox"
@@ -76,10 +76,21 @@ def build_archive(inputs: InitramfsInputs) -> Archive:
     return ar
 
 
-def write_initramfs(inputs: InitramfsInputs, out: Path, *, mtime: int | None = None) -> Path:
-    """Write the gzip-compressed newc archive to ``out`` (same inputs, same bytes)."""
-    write_atomic(out, build_archive(inputs).to_gzip(mtime))
+def write_initramfs(inputs: InitramfsInputs, out: Path, *, mtime: int | None = None,
+                    compression: Compression = Compression.none) -> Path:
+    """Write the newc archive to ``out``, uncompressed by default (same inputs, same bytes)."""
+    write_atomic(out, build_archive(inputs).to_image(compression, mtime))
     return out
+
+
+def check_kernel_unpacks(compression: Compression, config_text: str) -> None:
+    """Refuse a compression the kernel (its resolved ``.config``) has no decompressor for: it would
+    panic at boot with "junk in compressed archive" or find no /init."""
+    symbol = compression.kconfig
+    if symbol is not None and f"CONFIG_{symbol}=y" not in config_text.splitlines():
+        raise InitramfsCompressionError(
+            f"the kernel cannot unpack a {compression} initramfs: CONFIG_{symbol} is not set",
+            hint="choose --initramfs-compression none (the default) or build a kernel with it")
 
 
 def minimal_busybox_archive(busybox: Path, init: str | None = None) -> Archive:

@@ -26,6 +26,7 @@ from ..profiles import KernelCapability, KernelProfile
 from . import kernel_cache
 from .assemble import assemble_bundle
 from .buildroot import current_identity
+from .cpio import Compression
 from .kbuild import toolchain_info
 from .kconfig import ResolvedConfig, resolve_config
 from .kernel import KernelInfo, ProgressFn, compile_kernel
@@ -49,6 +50,7 @@ class BuildOptions:
     nice: int = 10  # the cores are shared; a nice compile is as fast when the machine is idle
     kernel_only: bool = False  # stop after writing the kernel into the bundle dir
     kernel_pin: str | None = None  # a kernel series with a linux/kernel-version-<series>.mk; None = default
+    initramfs_compression: Compression = Compression.none  # docs/guest.md, "Initramfs"
     # Reporting hooks (not part of the build's identity).
     on_stage: StageFn | None = field(default=None, compare=False)
     on_progress: ProgressFn | None = field(default=None, compare=False)
@@ -229,7 +231,8 @@ def build_bundle(options: BuildOptions) -> BuildResult:
     else:
         _stage(options, "userland: agent, busybox, crun, initramfs, version.json")
         metadata = assemble_bundle(out_dir=bundle_dir, profile=options.profile, arch=options.arch,
-                                   kernel_image=kernel.image_path, kernel=kernel)
+                                   kernel_image=kernel.image_path, kernel=kernel,
+                                   compression=options.initramfs_compression)
     _stage(options, f"done in {time.monotonic() - start:.1f}s: {bundle_dir}")
     return BuildResult(bundle_dir=bundle_dir, kernel=kernel, cache_hit=hit, kernel_seconds=seconds,
                        log_path=log_path, report=report, metadata=metadata)

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from .. import layout
 from ..arch import Architecture
 from ..build.buildroot import current_identity, roots_dir, run_hermetic
+from ..build.cpio import Compression
 from ..build.kernel import CompileProgress, ProgressFn
 from ..build.pipeline import BuildOptions, BuildResult, ConfigReport, StageFn, build_bundle, config_report
 from ..build.sources import SourceSpec, select_pin
@@ -103,13 +104,17 @@ def _stage_printer(label: str) -> StageFn:
 @click.option("--hermetic", is_flag=True,
               help="Build inside the isolated Debian build root (mmdebstrap + bubblewrap, no network; "
                    "docs/reproducible.md).")
+@click.option("--initramfs-compression", default=Compression.none.value, show_default=True,
+              help="none, gzip or lz4 (the kernel needs the matching CONFIG_RD_*; docs/guest.md).")
 @_source_options
 @click.pass_context
 def build(ctx: click.Context, profile: str, all_profiles: bool, arch: str | None, out: Path | None,
-          rebuild_kernel: bool, kernel_only: bool, jobs: int | None, hermetic: bool, kernel_source: str | None,
-          kernel_source_sha256: str | None, allow_http: bool, kernel_pin: str | None) -> None:
+          rebuild_kernel: bool, kernel_only: bool, jobs: int | None, hermetic: bool, initramfs_compression: str,
+          kernel_source: str | None, kernel_source_sha256: str | None, allow_http: bool,
+          kernel_pin: str | None) -> None:
     """Build guest-kernel bundles: checked config, cached kernel, userland, version.json."""
     select_pin(kernel_pin)  # an unknown pin fails before anything is built
+    compression = Compression.parse(initramfs_compression)  # ... and so does an unknown compression
     if hermetic and current_identity() is None:
         # The same command, minus --hermetic, run by this interpreter inside the build root.
         inner = [sys.executable, "-c", "from vz_linux.cli.main import main; main()",
@@ -126,7 +131,7 @@ def build(ctx: click.Context, profile: str, all_profiles: bool, arch: str | None
             options = BuildOptions(
                 profile=p, arch=target, out_dir=bundle_dir, rebuild_kernel=rebuild_kernel,
                 source=_spec(kernel_source, kernel_source_sha256, allow_http), jobs=jobs,
-                kernel_only=kernel_only, kernel_pin=kernel_pin,
+                kernel_only=kernel_only, kernel_pin=kernel_pin, initramfs_compression=compression,
                 on_stage=_stage_printer(f"{p}/{target}"),
                 on_progress=on_progress,
             )

@@ -50,7 +50,7 @@ from ..version import AGENT_PROTOCOL_REVISION
 from .accel import AccelChoice, AccelVerdict, resolve_accel
 from .agent_client import AgentClient, AgentHello, ExecResult, ExecStream, ProbeResult
 from .guest_log import CappedLog
-from .qemu import Accel, Disk, QemuVm, Share, Transport, host_tsc_khz, vhost_vsock_available
+from .qemu import TCG_X86_ITEMS, Accel, Disk, QemuVm, Share, Transport, host_tsc_khz, vhost_vsock_available
 from .snapshot import (
     STATE,
     OpenSnapshot,
@@ -113,6 +113,8 @@ class VmConfig:
     # time, not in 2 MiB pieces), and the translation cache size in MiB (None: QEMU's 1 GiB default).
     tcg_huge_pages: bool = False
     tcg_tb_size_mib: int | None = 64
+    tcg_tuning: bool = True  # TCG x86_64 microvm: qemu.TCG_X86_CMDLINE and -cpu TCG_X86_CPU (off to measure)
+    tcg_tuning_skip: tuple[str, ...] = ()  # items of qemu.TCG_X86_ITEMS left out (to measure each one)
 
     @classmethod
     def from_bundle(cls, bundle_dir: Path, **overrides: Any) -> VmConfig:
@@ -141,6 +143,9 @@ class VmConfig:
             raise InvalidConfigError("a VM needs at least 1 CPU and 32 MiB of memory")
         if self.serial_log_limit < 1:
             raise InvalidConfigError("serial_log_limit must be a positive number of bytes")
+        if unknown := set(self.tcg_tuning_skip) - set(TCG_X86_ITEMS):
+            raise InvalidConfigError(f"unknown TCG tuning item(s) {', '.join(sorted(unknown))}; "
+                                     f"valid: {', '.join(TCG_X86_ITEMS)}")
         tags = [s.tag for s in self.all_shares()]
         if len(set(tags)) != len(tags):
             raise InvalidConfigError(f"share tags must be unique: {', '.join(tags)}")
@@ -243,6 +248,7 @@ def describe(config: VmConfig, accel: Accel, workdir: Path, shares: tuple[Share,
         machine=config.machine, transport=config.transport,
         tsc_khz=host_tsc_khz() if config.tell_tsc_rate and tcg_x86 else None, incoming=incoming,
         tcg_tb_size_mib=config.tcg_tb_size_mib,
+        tcg_tuning=config.tcg_tuning, tcg_tuning_skip=config.tcg_tuning_skip,
     )
 
 

@@ -61,6 +61,23 @@ HARDENING_CMDLINE: tuple[str, ...] = ("init_on_alloc=1", "slab_nomerge", "page_a
 # `quiet`: every console byte is an emulated UART write under TCG.
 FAST_CMDLINE: tuple[str, ...] = ("quiet",)
 
+# x86_64 microvm under TCG only (QemuVm.tcg_tuning; docs/vm.md, "x86_64 under TCG"). Each one was
+# measured on its own (benchmarks/kernel_phase.py --study):
+# `noreplace-smp`: a 1-vCPU kernel otherwise rewrites every SMP lock prefix (thousands of text pokes,
+#   each one flushing TCG's translated code);
+# `no_timer_check`: skips the IO-APIC "does the timer tick" check, which waits on emulated ticks.
+TCG_X86_CMDLINE: tuple[str, ...] = ("noreplace-smp", "no_timer_check")
+# Only when the guest is told the TSC rate (tsc_early_khz=): trust the TSC, no clocksource watchdog.
+TCG_X86_TSC_CMDLINE: tuple[str, ...] = ("tsc=reliable",)
+# Only with one vCPU: no local APIC timer, so no APIC timer calibration (the PIT/HPET ticks instead;
+# a second CPU needs its own local timer).
+TCG_X86_UP_CMDLINE: tuple[str, ...] = ("noapictimer",)
+# TCG runs `rep stosb`/`rep movsb` a byte per helper step; without ERMS the kernel's memset/memcpy
+# and clear_page use the 8-byte string ops (page zeroing, free_initmem's poisoning).
+TCG_X86_CPU = "max,-erms"
+# Names of the tuning's items, to leave single ones out when measuring them (QemuVm.tcg_tuning_skip).
+TCG_X86_ITEMS: tuple[str, ...] = (*TCG_X86_CMDLINE, *TCG_X86_TSC_CMDLINE, *TCG_X86_UP_CMDLINE, "-erms")
+
 
 def qemu_opt(value: object) -> str:
     """``value`` as one value inside a QEMU ``key=value,...`` option: commas doubled."""
@@ -121,6 +138,11 @@ class QemuVm:
     # TCG's translation cache in MiB (-accel tcg,tb-size=N); None: QEMU's default, a 1 GiB reserve
     # that shows in RSS (docs/vm.md, "Memory"). Not part of a snapshot's shape.
     tcg_tb_size_mib: int | None = 64
+    # x86_64 microvm under TCG: TCG_X86_CMDLINE (and the TSC / one-vCPU items) and -cpu TCG_X86_CPU.
+    # Off only to measure it (benchmarks/kernel_phase.py); it changes saved state: the snapshot shape
+    # records both the CPU model and the command line.
+    tcg_tuning: bool = True
+    tcg_tuning_skip: tuple[str, ...] = ()  # items of TCG_X86_ITEMS left out (only to measure each one)
     extra_args: tuple[str, ...] = field(default=())
 
     @property
@@ -137,6 +159,18 @@ class QemuVm:
             return self.transport
         return Transport.mmio if self.machine_type in ("microvm", "virt") else Transport.pci
 
+    @property
+    def tcg_x86_tuned(self) -> bool:
+        """Whether the x86_64-under-TCG tuning applies to this VM (TCG, x86_64, microvm, asked for)."""
+        return (self.tcg_tuning and self.accel is Accel.tcg and self.arch is Architecture.x86_64
+                and self.machine_type == "microvm")
+
+    @property
+    def cpu_model(self) -> str:
+        if self.accel is not Accel.tcg:
+            return "host"
+        return TCG_X86_CPU if self.tcg_x86_tuned and "-erms" not in self.tcg_tuning_skip else "max"
+
     def kernel_cmdline(self) -> str:
         parts: list[str] = [f"console={self.arch.serial_console}", *BASE_CMDLINE]
         if self.hardening_cmdline:
@@ -145,12 +179,19 @@ class QemuVm:
             parts += FAST_CMDLINE
         if self.tsc_khz is not None and self.arch is Architecture.x86_64:
             parts.append(f"tsc_early_khz={self.tsc_khz}")
+        if self.tcg_x86_tuned:
+            tuning = [*TCG_X86_CMDLINE]
+            if self.tsc_khz is not None:
+                tuning += TCG_X86_TSC_CMDLINE
+            if self.cpus == 1:
+                tuning += TCG_X86_UP_CMDLINE
+            parts += [item for item in tuning if item not in self.tcg_tuning_skip]
         parts += self.cmdline_extra
         return " ".join(parts)
 
     def machine_args(self) -> list[str]:
         mem_backend = ",memory-backend=mem" if self.shares else ""
-        cpu = ["-cpu", "max" if self.accel is Accel.tcg else "host"]
+        cpu = ["-cpu", self.cpu_model]
         if self.machine_type == "microvm":
             # acpi=off: QEMU then lists the virtio-mmio devices on the kernel command line.
             # x-option-roms=off: qboot skips the option-ROM scan.
