@@ -16,6 +16,7 @@ import functools
 import json
 import secrets
 import shutil
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +49,8 @@ from .state import (
 
 Sink = Callable[[bytes], None]
 OnStarted = Callable[[ExecControl], None]
-_NETNS_WAIT = 10.0  # seconds a forwarded connection waits for the container's process to exist
+# seconds a forward or an exec waits for `crun run` to have started the container's process (TCG, loaded host)
+_START_WAIT = 60.0
 _TAIL = 4096
 CONTAINER_LOG_LIMIT = 8 << 20  # bytes per file of stdout.log / stderr.log, which keep two (docs/oci.md)
 _COLLECT_LIMIT = 1 << 20  # output kept of the VM-side helper commands (prepare, crun kill)
@@ -162,6 +164,7 @@ class ContainerVm:
         # Seconds per phase of the last boot/run (what benchmarks/oci_run.py reports).
         self.timings: dict[str, float] = {}
         self._netns: str | None = None
+        self._pid: int | None = None
 
     def vm_config(self) -> VmConfig:
         # Read-only on the host, not just by the guest's mount flags: a guest root can remount.
@@ -277,18 +280,27 @@ class ContainerVm:
         the VM's, ``--net``). Waits a little for crun to have started the process; remembered."""
         if self.state.network:
             return None
-        if self._netns is not None:
-            return self._netns
-        deadline = time.monotonic() + _NETNS_WAIT
+        if self._netns is None:
+            pid = self.running_pid(f"container {self.state.name} has no running process to forward ports to")
+            self._netns = f"/proc/{pid}/ns/net"
+        return self._netns
+
+    def running_pid(self, error: str, ended: threading.Event | None = None) -> int:
+        """The container's first process once ``crun run`` has started it (``start`` returns before
+        the guest's crun has written its state; an exec then would find no container). Waits a
+        little; remembered; ``error`` if it never runs or ``ended`` is set first."""
+        if self._pid is not None:
+            return self._pid
+        deadline = time.monotonic() + _START_WAIT
         while True:
             r = self.vm.agent.exec_collect(guest.crun_argv("state", self.state.id), timeout=30,
                                            max_output=_COLLECT_LIMIT)
             pid = guest.running_pid(r.stdout) if r.ok else None
             if pid is not None:
-                self._netns = f"/proc/{pid}/ns/net"
-                return self._netns
-            if time.monotonic() > deadline:
-                raise OciError(f"container {self.state.name} has no running process to forward ports to")
+                self._pid = pid
+                return pid
+            if time.monotonic() > deadline or (ended is not None and ended.is_set()):
+                raise OciError(error)
             time.sleep(0.2)
 
     def kill(self, signal: str) -> int:

@@ -361,6 +361,7 @@ class Supervisor:
         args = [str(a) for a in msg.get("args", [])]
         if not args:
             raise OciError("exec needs a command")
+        self.cvm.running_pid(f"container {self.id} is not running", self.finished)
         # crun exec's --env replaces the process environment: start from the container's own.
         env = merge_env(self.cvm.state.env, [str(e) for e in msg.get("env", [])])
         watchers: list[threading.Thread] = []
