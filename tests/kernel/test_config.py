@@ -210,3 +210,23 @@ def test_kspp_report_for_the_container_profile(kernel_source: KernelSource) -> N
     line = next(x for x in proc.stdout.splitlines() if "KSPP recommended settings" in x)
     assert f"{len(kspp.met)} met, {len(kspp.missed)} missed" in line
     assert "RANDOMIZE_BASE=y (is absent)" in proc.stdout
+
+
+def test_resolved_config_ignores_the_hosts_rustc(kernel_source: KernelSource, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # Kconfig asks `rustc --version`; kbuild pins RUSTC=false, so a rustc on PATH (here a fake one
+    # claiming 1.99.0) leaves the resolved .config, and with it the kernel cache key, unchanged.
+    from vz_linux.build.kconfig import resolve_config
+
+    x86, container = Architecture.x86_64, KernelProfile.container
+    without = resolve_config(kernel_source, container, x86, workdir=tmp_path / "a", memoize=False)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for tool in ("rustc", "bindgen"):
+        (fake / tool).write_text('#!/bin/sh\necho "' + tool + ' 1.99.0 (fake 2030-01-01) (LLVM 19.1.0)"\n')
+        (fake / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    with_fake = resolve_config(kernel_source, container, x86, workdir=tmp_path / "b", memoize=False)
+    assert with_fake.config_text == without.config_text
+    assert with_fake.config.get("RUSTC_VERSION", "0") == "0"
+    assert with_fake.config.get("RUST_IS_AVAILABLE", "n") == "n"

@@ -177,15 +177,16 @@ def _memo_path(source: KernelSource, profile: KernelProfile, arch: Architecture,
                fragments: Sequence[Path]) -> Path:
     """Where the resolved .config of these exact inputs is kept. The key covers the source, the
     baseline, the fragments' text in merge order, the toolchain (Kconfig probes the compiler)
-    and the host tools Kconfig asks about (pahole, rustc)."""
+    and the host tools Kconfig asks about (pahole; rustc and bindgen are pinned to ``false`` by
+    :data:`kbuild.NO_RUST`, schema 2)."""
     key = cache_key({
-        "memo_schema": 1,
+        "memo_schema": 2,
         "source": source.identity,
         "baseline": profile.baseline,
         "arch": arch.value,
         "fragments": [p.read_text() for p in fragments],
         "toolchain": toolchain_info(arch).model_dump(),
-        "host_tools": [shutil.which(t) for t in ("pahole", "rustc", "bindgen")],
+        "host_tools": [shutil.which("pahole")],
     })
     return cache_root() / "kconfig" / "resolved" / f"{key}.config"
 
