@@ -44,10 +44,18 @@ def linux_dir() -> Path:
     return top / "linux"
 
 
-def fragment_paths(profile: KernelProfile, arch: Architecture, linux: Path | None = None) -> list[Path]:
-    """The fragments of (profile, arch), in merge order (later lines win)."""
+def fragment_paths(profile: KernelProfile, arch: Architecture, linux: Path | None = None,
+                   series: str | None = None) -> list[Path]:
+    """The fragments of (profile, arch), in merge order (later lines win). ``series`` (e.g.
+    "6.12") adds ``<profile fragment>-<series>.config`` when it exists: the lines whose symbols
+    the other pin does not have."""
     linux = linux or linux_dir()
-    paths = [linux / profile.fragment_name, linux / "arch" / f"{arch.value}.config"]
+    paths = [linux / profile.fragment_name]
+    if series is not None:
+        per_series = linux / f"{profile.fragment_name.removesuffix('.config')}-{series}.config"
+        if per_series.is_file():
+            paths.append(per_series)
+    paths.append(linux / "arch" / f"{arch.value}.config")
     per_profile = linux / "arch" / f"{arch.value}-{profile.value}.config"
     if per_profile.is_file():
         paths.append(per_profile)
@@ -213,7 +221,7 @@ def resolve_config(
     The kernel's ``make <baseline>`` + ``olddefconfig`` result is memoized under a key over
     every input (see :func:`_memo_path`), so a cache-hit build runs no make of the kernel at all.
     """
-    frag_paths = list(fragments) if fragments is not None else fragment_paths(profile, arch)
+    frag_paths = list(fragments) if fragments is not None else fragment_paths(profile, arch, series=source.series)
     parsed: list[list[ConfigLine]] = []
     for p in frag_paths:
         try:
