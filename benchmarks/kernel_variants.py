@@ -115,6 +115,8 @@ def main() -> int:
     ap.add_argument("--kspp", action="store_true", help="also each KSPP command-line setting on 6.12")
     ap.add_argument("--also", action="append", default=[], metavar="LABEL=KEY",
                     help="also boot the cached kernel whose key starts with KEY, or the cache entry dir KEY")
+    ap.add_argument("--also-cmdline", action="append", default=[], metavar="LABEL=WORD",
+                    help="boot --also LABEL's kernel once more as 'LABEL WORD' with WORD on its command line")
     ap.add_argument("--only-also", action="store_true", help="boot only the --also kernels (not 6.12 / 6.1)")
     ap.add_argument("--hardening-cmdline", action="store_true",
                     help="boot every guest with qemu.HARDENING_CMDLINE (the default of real runs)")
@@ -137,6 +139,9 @@ def main() -> int:
     for label, (image, meta) in also:
         kernels[label] = (image, meta)
         guests.append(BenchGuest(label, replace(base, kernel=image)))
+    for label, _, word in (a.partition("=") for a in args.also_cmdline):
+        image = kernels[label][0]
+        guests.append(BenchGuest(f"{label} +{word}", replace(base, kernel=image, cmdline_extra=(word,))))
     opts = BenchOptions(iterations=args.iterations, timeout_secs=args.timeout_secs)
     results = {g.label: GuestResult(g.label) for g in guests}
     started = time.time()
