@@ -12,6 +12,7 @@ import pytest
 
 from vz_linux.arch import Architecture
 from vz_linux.build.kconfig import fragment_paths, read_allowlist
+from vz_linux.build.kspp import kspp_report, tree_symbols
 from vz_linux.build.pipeline import configure
 from vz_linux.build.sources import KernelSource, SourceSpec, acquire_source, select_pin
 from vz_linux.errors import CapabilityContractError, InvalidConfigError, KconfigCheckError
@@ -34,7 +35,7 @@ def test_profiles_resolve_with_zero_drops(profile: KernelProfile, arch: Architec
     assert not [c for c in r.checks if c.allowed_because], "the shipped allow-list is empty on purpose"
     # Every line of every fragment was checked, none skipped.
     expected = sum(
-        1 for p in fragment_paths(profile, arch) for raw in p.read_text().splitlines()
+        1 for p in fragment_paths(profile, arch, series=pin) for raw in p.read_text().splitlines()
         if raw.startswith("CONFIG_") or (raw.startswith("# CONFIG_") and raw.endswith(" is not set"))
     )
     assert len(r.checks) == expected > 30
@@ -63,7 +64,7 @@ def test_profiles_resolve_with_zero_drops(profile: KernelProfile, arch: Architec
 def _planted(tmp_path: Path, profile: KernelProfile, arch: Architecture, text: str) -> tuple[Path, ...]:
     planted = tmp_path / "planted.config"
     planted.write_text(text)
-    return (*fragment_paths(profile, arch), planted)
+    return (*fragment_paths(profile, arch, series="6.12"), planted)
 
 
 def test_planted_drop_names_the_unmet_dependency(kernel_source: KernelSource, tmp_path: Path) -> None:
@@ -113,7 +114,7 @@ def test_planted_drop_new_in_6_12_is_explained(kernel_source: KernelSource, tmp_
 
 def test_registry_derives_device_mapper_and_dm_crypt(kernel_source: KernelSource, tmp_path: Path) -> None:
     # dm-crypt without the XTS mode its probe uses is not dm_crypt; device_mapper still holds.
-    base, *arch_frags = fragment_paths(KernelProfile.container, Architecture.arm64)
+    base, *arch_frags = fragment_paths(KernelProfile.container, Architecture.arm64, series=kernel_source.series)
     edited = tmp_path / base.name
     edited.write_text(base.read_text().replace("CONFIG_CRYPTO_XTS=y\n", ""))
     report = configure(KernelProfile.container, Architecture.arm64, kernel_source, fragments=(edited, *arch_frags))
@@ -147,7 +148,7 @@ def test_allow_list_needs_a_reason(tmp_path: Path) -> None:
 
 def test_contract_violation_names_capability_and_symbols(kernel_source: KernelSource, tmp_path: Path) -> None:
     # The container fragment without its OVERLAY_FS line: allnoconfig leaves overlayfs off.
-    base, *arch_frags = fragment_paths(KernelProfile.container, Architecture.x86_64)
+    base, *arch_frags = fragment_paths(KernelProfile.container, Architecture.x86_64, series=kernel_source.series)
     edited = tmp_path / base.name
     edited.write_text("".join(line for line in base.read_text().splitlines(keepends=True)
                               if not line.startswith("CONFIG_OVERLAY_FS=")))
@@ -201,6 +202,14 @@ def test_kspp_report_for_the_container_profile(kernel_source: KernelSource) -> N
     assert {"STACKPROTECTOR_STRONG=y", "VMAP_STACK=y", "SLAB_FREELIST_HARDENED=y", "HARDENED_USERCOPY=y",
             "FORTIFY_SOURCE=y", "DEVMEM=n", "KEXEC=n", "STRICT_KERNEL_RWX=y"} <= met
     assert missed["RANDOMIZE_BASE=y"] == "absent" and missed["CPU_MITIGATIONS=y"] == "n"
+    # Groups A and B of docs/profiles.md "Hardening" (A's RANDOM_KMALLOC_CACHES from the 6.12 fragment).
+    assert {"DEBUG_WX=y", "DEBUG_NOTIFIERS=y", "DEBUG_SG=y", "KFENCE=y", "PAGE_TABLE_CHECK_ENFORCED=y",
+            "INIT_ON_ALLOC_DEFAULT_ON=y", "RANDOMIZE_KSTACK_OFFSET_DEFAULT=y", "STATIC_USERMODEHELPER=y",
+            "INET_DIAG=n", "RANDOM_KMALLOC_CACHES=y", "X86_VSYSCALL_EMULATION=n", "LEGACY_VSYSCALL_NONE=y",
+            "MODIFY_LDT_SYSCALL=n", "ZERO_CALL_USED_REGS=y", "UBSAN_BOUNDS=y", "UBSAN_TRAP=y"} <= met
+    # 6.9+ names: the x86 mitigations are judged as MITIGATION_*, retired symbols are neither.
+    assert "MITIGATION_RETPOLINE=y" in missed and "RETPOLINE=y" not in missed
+    assert {str(k) for k in kspp.not_in_tree} >= {"DEBUG_CREDENTIALS=y", "DEVKMEM=n"}
     assert not any(k.startswith("ARM64_") for k in met | set(missed))  # arm64-only settings not listed
     assert report.to_json()["kspp"]["met"] == sorted(met, key=[f"{k.symbol}={k.value}" for k in kspp.met].index)
     assert configure(KernelProfile.developer, x86, kernel_source).kspp is None  # reported for container only
@@ -210,3 +219,41 @@ def test_kspp_report_for_the_container_profile(kernel_source: KernelSource) -> N
     line = next(x for x in proc.stdout.splitlines() if "KSPP recommended settings" in x)
     assert f"{len(kspp.met)} met, {len(kspp.missed)} missed" in line
     assert "RANDOMIZE_BASE=y (is absent)" in proc.stdout
+
+
+def test_resolved_config_ignores_the_hosts_rustc(kernel_source: KernelSource, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # Kconfig asks `rustc --version`; kbuild pins RUSTC=false, so a rustc on PATH (here a fake one
+    # claiming 1.99.0) leaves the resolved .config, and with it the kernel cache key, unchanged.
+    from vz_linux.build.kconfig import resolve_config
+
+    x86, container = Architecture.x86_64, KernelProfile.container
+    without = resolve_config(kernel_source, container, x86, workdir=tmp_path / "a", memoize=False)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for tool in ("rustc", "bindgen"):
+        (fake / tool).write_text('#!/bin/sh\necho "' + tool + ' 1.99.0 (fake 2030-01-01) (LLVM 19.1.0)"\n')
+        (fake / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    with_fake = resolve_config(kernel_source, container, x86, workdir=tmp_path / "b", memoize=False)
+    assert with_fake.config_text == without.config_text
+    assert with_fake.config.get("RUSTC_VERSION", "0") == "0"
+    assert with_fake.config.get("RUST_IS_AVAILABLE", "n") == "n"
+
+
+def test_kspp_report_on_arm64_and_under_6_1_names(kernel_source: KernelSource) -> None:
+    arm = configure(KernelProfile.container, Architecture.arm64, kernel_source).kspp
+    assert arm is not None
+    met = {str(k) for k in arm.met}
+    assert {"RANDOMIZE_BASE=y", "ARM64_PAN=y", "ARM64_SW_TTBR0_PAN=y", "ARM64_E0PD=y", "SHADOW_CALL_STACK=y",
+            "UNMAP_KERNEL_AT_EL0=y", "KFENCE=y", "UBSAN_TRAP=y"} <= met
+    assert {str(k) for k, _ in arm.missed} == {"ARM64_PTR_AUTH=y", "ARM64_BTI=y", "ARM64_MTE=y"}  # refused
+    assert "HARDEN_BRANCH_PREDICTOR=y" in {str(k) for k in arm.not_in_tree}  # arch/arm only since 5.10
+    assert not any(str(k).startswith(("X86_", "MODIFY_LDT")) for k in (*arm.met, *arm.not_in_tree))
+    # Under Linux 6.1 the same settings are judged by their pre-6.9 names.
+    old = acquire_source(SourceSpec(), pin=select_pin("6.1"))
+    report = kspp_report({"PAGE_TABLE_ISOLATION": "y"}, Architecture.x86_64,
+                         tree_symbols(old.tree, Architecture.x86_64.kernel_arch))
+    assert "PAGE_TABLE_ISOLATION=y" in {str(k) for k in report.met}
+    assert {"RETPOLINE=y", "DEBUG_CREDENTIALS=y"} <= {str(k) for k, _ in report.missed}
+    assert "RANDOM_KMALLOC_CACHES=y" in {str(k) for k in report.not_in_tree}

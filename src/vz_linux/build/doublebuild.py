@@ -8,9 +8,8 @@ own build cache. What the cache shares decides what is built twice: downloads an
 always shared; the extracted kernel sources and the kernel image too unless ``kernel=True`` (then
 each build extracts its own source tree and compiles the kernel in its own build dir; otherwise a
 cache miss fails at once); the resolved-config memo is copied; the guest agent is always built twice; crun is built twice unless ``reuse_crun`` (the
-CI-sized check of the assembly). The caller's tools stay the same for both builds (its rustup
-homes; a real-clock ``rustc`` shim under faketime): the check varies directory, user and time, not
-the toolchain.
+CI-sized check of the assembly). Both builds use the caller's toolchain (kbuild pins no Rust
+toolchain: :data:`kbuild.NO_RUST`): the check varies directory, user and time, not the toolchain.
 """
 
 from __future__ import annotations
@@ -136,34 +135,9 @@ def build_argv(v: Variant, profile: KernelProfile, arch: Architecture) -> list[s
             "--profile", profile.value, "--arch", arch.value, "--out", str(v.out)]
 
 
-def _tool_homes() -> dict[str, str]:
-    """The caller's rustup/cargo homes, kept when HOME changes: the kernel's Kconfig runs ``rustc
-    --version`` (CONFIG_RUSTC_VERSION), and rustup's proxy finds no toolchain under another HOME —
-    the same inputs include the same tools (docs/reproducible.md, "Found and fixed")."""
-    home = Path(os.environ.get("HOME", "/nonexistent"))
-    homes = {"RUSTUP_HOME": home / ".rustup", "CARGO_HOME": home / ".cargo"}
-    return {name: os.environ.get(name, str(path)) for name, path in homes.items()
-            if name in os.environ or path.is_dir()}
-
-
-def _real_clock_shims(v: Variant) -> None:
-    """Under faketime, rustup's ``rustc`` proxy fails (its runtime rejects the faked clock), and
-    the kernel's Kconfig, which asks ``rustc --version``, would record CONFIG_RUSTC_VERSION=0: a
-    shim first on B's PATH runs it with the real clock (it only reports its version)."""
-    rustc = shutil.which("rustc")
-    if not v.clock_offset_days or rustc is None:
-        return
-    shims = v.home / "real-clock-bin"
-    shims.mkdir(parents=True, exist_ok=True)
-    (shims / "rustc").write_text(f'#!/bin/sh\nunset LD_PRELOAD FAKETIME\nexec {rustc} "$@"\n')
-    (shims / "rustc").chmod(0o755)
-
-
 def _env(v: Variant) -> dict[str, str]:
     env = {k: val for k, val in os.environ.items() if k not in ("SOURCE_DATE_EPOCH", "VZ_LINUX_CACHE_DIR")}
-    shims = v.home / "real-clock-bin"
-    path = f"{shims}:{env.get('PATH', '')}" if shims.is_dir() else env.get("PATH", "")
-    return {**env, **_tool_homes(), "PATH": path, "PYTHONPATH": str(v.top / "src"),
+    return {**env, "PYTHONPATH": str(v.top / "src"),
             "VZ_LINUX_CACHE_DIR": str(v.cache), "HOME": str(v.home), "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
 
 
@@ -174,7 +148,6 @@ def prepare(v: Variant, *, kernel: bool, reuse_crun: bool, kconfig: Path | None 
     copy_checkout(top, v.top)
     seed_cache(v.cache, cache_root(), kernel=kernel, reuse_crun=reuse_crun, kconfig=kconfig)
     v.home.mkdir(parents=True)
-    _real_clock_shims(v)
     v.out.parent.mkdir(parents=True)
     if v.other_user:
         if os.geteuid() != 0:

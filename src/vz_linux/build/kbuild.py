@@ -16,10 +16,18 @@ from ..bundle.metadata import ToolchainInfo
 from ..run import run
 from .sources import KernelSource
 
+# Neither profile builds Rust code, yet Kconfig runs ``rustc --version`` and records the answer
+# (CONFIG_RUSTC_VERSION, CONFIG_RUSTC_LLVM_VERSION, CONFIG_RUST_IS_AVAILABLE, ...): the host's
+# rustc (or its absence, or a rustup proxy that fails for another user or under faketime) would
+# change the resolved .config and the kernel cache key. Pinned to ``false``, Kconfig sees no Rust
+# toolchain on every host (docs/reproducible.md).
+NO_RUST: dict[str, str] = {"RUSTC": "false", "HOSTRUSTC": "false", "BINDGEN": "false"}
+
 
 def make_argv(source: KernelSource, builddir: Path, arch: Architecture, *targets: str) -> list[str]:
-    """``make`` of the kernel tree, out of tree in ``builddir``, for ``arch``."""
-    argv = ["make", "-s", "-C", str(source.tree), f"O={builddir}", f"ARCH={arch.kernel_arch}"]
+    """``make`` of the kernel tree, out of tree in ``builddir``, for ``arch``, with no Rust toolchain."""
+    argv = ["make", "-s", "-C", str(source.tree), f"O={builddir}", f"ARCH={arch.kernel_arch}",
+            *(f"{k}={v}" for k, v in NO_RUST.items())]
     cross = arch.cross_compile_prefix()
     if cross:
         argv.append(f"CROSS_COMPILE={cross}")
@@ -38,6 +46,7 @@ def kconfig_env(source: KernelSource, arch: Architecture) -> dict[str, str]:
         "LD": f"{cross}ld",
         "HOSTCC": "gcc",
         "HOSTCXX": "g++",
+        **NO_RUST,
     }
 
 

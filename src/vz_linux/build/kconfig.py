@@ -44,10 +44,18 @@ def linux_dir() -> Path:
     return top / "linux"
 
 
-def fragment_paths(profile: KernelProfile, arch: Architecture, linux: Path | None = None) -> list[Path]:
-    """The fragments of (profile, arch), in merge order (later lines win)."""
+def fragment_paths(profile: KernelProfile, arch: Architecture, linux: Path | None = None,
+                   series: str | None = None) -> list[Path]:
+    """The fragments of (profile, arch), in merge order (later lines win). ``series`` (e.g.
+    "6.12") adds ``<profile fragment>-<series>.config`` when it exists: the lines whose symbols
+    the other pin does not have."""
     linux = linux or linux_dir()
-    paths = [linux / profile.fragment_name, linux / "arch" / f"{arch.value}.config"]
+    paths = [linux / profile.fragment_name]
+    if series is not None:
+        per_series = linux / f"{profile.fragment_name.removesuffix('.config')}-{series}.config"
+        if per_series.is_file():
+            paths.append(per_series)
+    paths.append(linux / "arch" / f"{arch.value}.config")
     per_profile = linux / "arch" / f"{arch.value}-{profile.value}.config"
     if per_profile.is_file():
         paths.append(per_profile)
@@ -177,15 +185,16 @@ def _memo_path(source: KernelSource, profile: KernelProfile, arch: Architecture,
                fragments: Sequence[Path]) -> Path:
     """Where the resolved .config of these exact inputs is kept. The key covers the source, the
     baseline, the fragments' text in merge order, the toolchain (Kconfig probes the compiler)
-    and the host tools Kconfig asks about (pahole, rustc)."""
+    and the host tools Kconfig asks about (pahole; rustc and bindgen are pinned to ``false`` by
+    :data:`kbuild.NO_RUST`, schema 2)."""
     key = cache_key({
-        "memo_schema": 1,
+        "memo_schema": 2,
         "source": source.identity,
         "baseline": profile.baseline,
         "arch": arch.value,
         "fragments": [p.read_text() for p in fragments],
         "toolchain": toolchain_info(arch).model_dump(),
-        "host_tools": [shutil.which(t) for t in ("pahole", "rustc", "bindgen")],
+        "host_tools": [shutil.which("pahole")],
     })
     return cache_root() / "kconfig" / "resolved" / f"{key}.config"
 
@@ -212,7 +221,7 @@ def resolve_config(
     The kernel's ``make <baseline>`` + ``olddefconfig`` result is memoized under a key over
     every input (see :func:`_memo_path`), so a cache-hit build runs no make of the kernel at all.
     """
-    frag_paths = list(fragments) if fragments is not None else fragment_paths(profile, arch)
+    frag_paths = list(fragments) if fragments is not None else fragment_paths(profile, arch, series=source.series)
     parsed: list[list[ConfigLine]] = []
     for p in frag_paths:
         try:

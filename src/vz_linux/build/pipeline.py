@@ -30,7 +30,7 @@ from .cpio import Compression
 from .kbuild import toolchain_info
 from .kconfig import ResolvedConfig, resolve_config
 from .kernel import KernelInfo, ProgressFn, compile_kernel
-from .kspp import KsppReport, kspp_report
+from .kspp import KsppReport, kspp_report, tree_symbols
 from .reproducible import build_epoch, kbuild_identity
 from .sources import KernelPin, KernelSource, SourceSpec, acquire_source, select_pin
 
@@ -75,7 +75,9 @@ class ConfigReport:
     def kspp(self) -> KsppReport | None:
         """The KSPP recommended settings met and missed (reported for the container profile only)."""
         r = self.resolved
-        return kspp_report(r.config, r.arch) if r.profile is KernelProfile.container else None
+        if r.profile is not KernelProfile.container:
+            return None
+        return kspp_report(r.config, r.arch, tree_symbols(r.source.tree, r.arch.kernel_arch))
 
     def to_json(self) -> dict[str, Any]:
         """What ``vz-linux config --json`` prints for this (profile, arch)."""
@@ -97,9 +99,9 @@ class ConfigReport:
                 for c in r.checks
             ],
             "ok": self.ok,
-            **({"kspp": {"met": [f"{k.symbol}={k.value}" for k in kspp.met],
-                         "missed": [{"setting": f"{k.symbol}={k.value}", "resulting": got}
-                                    for k, got in kspp.missed]}}
+            **({"kspp": {"met": [str(k) for k in kspp.met],
+                         "missed": [{"setting": str(k), "resulting": got} for k, got in kspp.missed],
+                         "not_in_tree": [str(k) for k in kspp.not_in_tree]}}
                if (kspp := self.kspp) is not None else {}),
         }
 

@@ -165,6 +165,9 @@ def _print_report(report: ConfigReport, verbose: bool) -> None:
                               markup=False, soft_wrap=True)
         out_console.print("    missed: " + " ".join(f"{k.symbol}={k.value} (is {got})" for k, got in kspp.missed),
                           markup=False, soft_wrap=True)
+        if kspp.not_in_tree:
+            out_console.print("    not in this kernel: " + " ".join(str(k) for k in kspp.not_in_tree),
+                              markup=False, soft_wrap=True)
 
 
 @click.command("config")
