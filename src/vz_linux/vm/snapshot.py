@@ -130,6 +130,7 @@ def vm_shape(qemu: QemuVm) -> VmShape:
     per_boot = {qemu.serial_log: "SERIAL", qemu.serial_socket: "SERIAL", qemu.agent_socket: "AGENT",
                 qemu.qmp_socket: "QMP"}
     per_boot.update({share.socket: f"SHARE{i}" for i, share in enumerate(qemu.shares)})
+    per_boot.update({d.path: f"DISK{i}-{d.path.stat().st_size}B" for i, d in enumerate(qemu.disks) if d.swappable})
 
     def named(value: str) -> str:
         for path, name in per_boot.items():
