@@ -57,7 +57,7 @@ _CORRUPT_HINT = "save it again (templates are rebuilt by themselves)"
 
 # QEMU options that take a value (the rest of our argv are flags); see QemuVm.argv().
 _VALUE_OPTIONS = frozenset({"-M", "-cpu", "-accel", "-smp", "-m", "-kernel", "-initrd", "-append", "-chardev",
-                            "-serial", "-mon", "-device", "-netdev", "-object", "-global", "-incoming"})
+                            "-serial", "-mon", "-device", "-drive", "-netdev", "-object", "-global", "-incoming"})
 # Recorded as their own shape fields, or (kernel, initramfs) by digest: not part of the device set.
 _NOT_DEVICES = frozenset({"-M", "-cpu", "-accel", "-smp", "-m", "-kernel", "-initrd", "-append", "-incoming"})
 
