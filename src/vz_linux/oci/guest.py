@@ -105,11 +105,11 @@ def block_prepare_script(cwd: str) -> str:
     lines = [
         "set -e",
         f"cat > {GUEST_CTL}/config.json",
-        "sync; echo 3 > /proc/sys/vm/drop_caches",
+        "echo 1 > /proc/sys/vm/drop_caches",  # clean page cache only: nothing is dirty, slabs stay
         "n=0",
         f"until {mount} 2>/dev/null; do",
         f"  n=$((n + 1)); [ $n -lt {_MOUNT_TRIES} ] || {{ {mount}; exit 1; }}",
-        "  echo 3 > /proc/sys/vm/drop_caches; sleep 0.02",
+        "  echo 1 > /proc/sys/vm/drop_caches; sleep 0.02",
         "done",
         f"mount -t overlay -o lowerdir={GUEST_IMAGE},upperdir={GUEST_WORK}/upper,"
         f"workdir={GUEST_WORK}/work vz-oci-rootfs {GUEST_ROOTFS}",
