@@ -359,6 +359,14 @@ class StatsError(OciError):
     exit_code = 78
 
 
+# --- OCI: fast start (docs/oci.md, "Fast start: templates and block images") -------------------
+class BlockImageError(OciError):
+    """A container image's read-only ext4 block image cannot be built or kept: ``mke2fs`` failed,
+    the image is over the largest size class, the cache is not writable."""
+
+    exit_code = 89
+
+
 # --- distribution: releases, the installer, registries (docs/distribution.md) ----------------
 class ReleaseError(VzLinuxError):
     """A release (or a signing key) cannot be made: duplicate bundles, a used output dir, a bad key."""

@@ -3,6 +3,7 @@ all without booting (the VM side: test_snapshot.py, test_template.py, test_bench
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from vz_linux.arch import Architecture
 from vz_linux.cli.plot import plot_results
 from vz_linux.vm.bench import COLD, RESTORED, BootSample, GuestResult
 from vz_linux.vm.linux_vm import VmConfig, describe
-from vz_linux.vm.qemu import Accel
+from vz_linux.vm.qemu import Accel, Disk
 from vz_linux.vm.snapshot import VmShape, vm_shape
 from vz_linux.vm.template import template_for
 
@@ -78,6 +79,30 @@ def test_template_key_follows_shape_and_file_contents(config: VmConfig, tmp_path
     assert template_for(config, {config.kernel: "0" * 64}).key != first.key
     config.kernel.write_bytes(b"another kernel")  # new size and mtime: hashed again
     assert template_for(config).key != first.key
+
+
+def test_swappable_disk_is_named_by_size_not_path(config: VmConfig, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """An OCI template's placeholder disk and a container's image of the same size: one shape, one
+    template; another size, or a disk that is not swappable, is another shape."""
+    monkeypatch.setenv("VZ_LINUX_CACHE_DIR", str(tmp_path / "cache"))
+    disks = {}
+    for name, size in (("placeholder", 1 << 30), ("image", 1 << 30), ("bigger", 4 << 30)):
+        disks[name] = tmp_path / f"{name}.img"
+        disks[name].write_bytes(b"")
+        os.truncate(disks[name], size)  # sparse
+
+    def with_disk(name: str, swappable: bool = True) -> VmConfig:
+        return replace(config, disks=(Disk(disks[name], read_only=True, swappable=swappable),))
+
+    placeholder = _shape(with_disk("placeholder"), Path("/w"))
+    assert placeholder == _shape(with_disk("image"), Path("/w"))
+    assert f"-drive file=DISK0-{1 << 30}B,if=none,id=disk0,format=raw,discard=unmap,read-only=on" in placeholder.devices
+    assert template_for(with_disk("placeholder")).key == template_for(with_disk("image")).key
+    assert _shape(with_disk("bigger"), Path("/w")) != placeholder
+    fixed = _shape(with_disk("placeholder", swappable=False), Path("/w"))
+    assert fixed != _shape(with_disk("image", swappable=False), Path("/w"))
+    assert any(str(disks["placeholder"]) in d for d in fixed.devices)
 
 
 def test_exit_codes_are_distinct_and_documented() -> None:

@@ -118,15 +118,21 @@ def _request(image: str, command: tuple[str, ...], env: tuple[str, ...], workdir
 @oci.command(context_settings=_POSITIONAL_TAIL)
 @click.option("--rm", "remove", is_flag=True, help="Remove the container's state when it exits.")
 @click.option("-d", "--detach", is_flag=True, help="Create and start it in the background; print its id.")
+@click.option("--cold", is_flag=True,
+              help="Boot the VM (image over virtiofs) instead of restoring its container template.")
 @_publish_option
 @_terminal_options
 @image_cmds.pull_options
 @_container_options
-def run(remove: bool, detach: bool, ports: tuple[str, ...], tty: bool, interactive: bool,
+def run(remove: bool, detach: bool, cold: bool, ports: tuple[str, ...], tty: bool, interactive: bool,
         profile: str | None, name: str | None, env: tuple[str, ...], workdir: str | None,
         volumes: tuple[str, ...], net: bool, cpus: int, memory: int, exec_timeout: float | None,
         data_dir: Path | None, image: str, command: tuple[str, ...], **pull: Any) -> int:
-    """Run CMD in a container from IMAGE; exit with its exit code."""
+    """Run CMD in a container from IMAGE; exit with its exit code.
+
+    The VM is restored from a container template (made on first use) with the image on a read-only
+    block device; --cold boots it instead, and so do volumes (-v: virtiofs blocks snapshots) and -d.
+    """
     cfg = _config(data_dir, profile, net, cpus, memory, exec_timeout)
     req = _request(image, command, env, workdir, volumes, name, pull)
     req = replace(req, ports=parse_ports(ports))
@@ -139,7 +145,7 @@ def run(remove: bool, detach: bool, ports: tuple[str, ...], tty: bool, interacti
         return 0
     return _attached(tty, interactive, lambda attach: run_foreground(
         cfg, req, remove=remove, on_stdout=_write(sys.stdout), on_stderr=_write(sys.stderr),
-        attach=attach))
+        attach=attach, cold=cold))
 
 
 @oci.command(context_settings=_POSITIONAL_TAIL)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import secrets
 import shutil
 import threading
@@ -25,13 +26,17 @@ from pathlib import Path
 from ..bundle.model import KernelBundle
 from ..errors import OciError, VzLinuxError
 from ..fsutil import publish_file, write_atomic
+from ..hashing import sha256_bytes
 from ..profiles import KernelProfile
 from ..vm.agent_client import ExecControl
 from ..vm.agent_protocol import Stream
 from ..vm.guest_log import CappedLog
 from ..vm.linux_vm import LinuxVm, VmConfig, VmShare
 from ..vm.port_forward import ForwardSpec, PortForwarder
+from ..vm.qemu import Disk
+from ..vm.template import restore_from_template
 from . import guest
+from .blockimage import ensure_block_image, placeholder
 from .config import RuntimeConfig
 from .image import Rootfs, find_command
 from .pull import PullOptions, prepare
@@ -47,6 +52,7 @@ from .state import (
     now,
 )
 
+log = logging.getLogger(__name__)
 Sink = Callable[[bytes], None]
 OnStarted = Callable[[ExecControl], None]
 # seconds a forward or an exec waits for `crun run` to have started the container's process (TCG, loaded host)
@@ -123,6 +129,7 @@ def prepare_container(cfg: RuntimeConfig, req: ContainerRequest) -> tuple[Contai
             id=cid, name=req.name or cid, image=rootfs.image, rootfs=str(rootfs.path),
             profile=_profile(cfg).value, args=process.args, env=process.env, cwd=process.cwd,
             volumes=req.volumes, ports=req.ports, network=cfg.network, cpus=cfg.cpus, memory_mib=cfg.memory_mib,
+            image_digest=rootfs.digest,
         )
         store.write(state)
     except BaseException:
@@ -152,13 +159,18 @@ class _Tee:
 
 
 class ContainerVm:
-    """One booted VM serving one container (context manager: the VM never outlives it)."""
+    """One VM serving one container (context manager: the VM never outlives it). ``cold=False``:
+    restored from the container template of its shape with the image on a block device
+    (docs/oci.md, "Fast start"), unless volumes need virtiofs; else booted with virtiofs shares."""
 
-    def __init__(self, cfg: RuntimeConfig, state: ContainerState, bundle: KernelBundle, cdir: Path) -> None:
+    def __init__(self, cfg: RuntimeConfig, state: ContainerState, bundle: KernelBundle, cdir: Path,
+                 *, cold: bool = True) -> None:
         self.cfg = cfg
         self.state = state
         self.bundle = bundle
         self.cdir = cdir
+        self.cold = cold
+        self.restored = False  # the VM came from a template, the image from a block device
         self._stack = contextlib.ExitStack()
         self._vm: LinuxVm | None = None
         # Seconds per phase of the last boot/run (what benchmarks/oci_run.py reports).
@@ -182,19 +194,73 @@ class ContainerVm:
             serial_log=self.cdir / "serial.log",
         )
 
+    def block_vm_config(self, disk: Path) -> VmConfig:
+        """The restore path's VM: no shares, ``disk`` (the image, or a template's placeholder) as
+        /dev/vda, read-only on the host; swappable: a template's disk stands for any of its size."""
+        return VmConfig.from_bundle(
+            self.bundle.root, cpus=self.state.cpus, memory_mib=self.state.memory_mib,
+            network=self.state.network, disks=(Disk(disk, read_only=True, swappable=True),),
+            serial_log=self.cdir / "serial.log",
+        )
+
+    def _from_template(self) -> bool:
+        if self.cold:
+            return False
+        if self.state.volumes:
+            log.info("booting cold: volumes (-v) need virtiofs shares, which block snapshots")
+            return False
+        return True
+
     def __enter__(self) -> ContainerVm:
         try:
             t0 = time.monotonic()
-            self._vm = self._stack.enter_context(LinuxVm(self.vm_config()))
-            self._vm.wait_for_agent(self.cfg.agent_ready_timeout)
-            t1 = time.monotonic()
-            self._prepare()
+            if self._from_template():
+                self._vm = self._stack.enter_context(self._restore())
+                t1 = time.monotonic()
+                self._prepare_block()
+            else:
+                self._vm = self._stack.enter_context(LinuxVm(self.vm_config()))
+                self._vm.wait_for_agent(self.cfg.agent_ready_timeout)
+                t1 = time.monotonic()
+                self._prepare()
             t2 = time.monotonic()
             self.timings.update(boot_to_agent=t1 - t0, guest_prepare=t2 - t1)
         except BaseException:
             self._stack.close()
             raise
         return self
+
+    def _restore(self) -> LinuxVm:
+        t0 = time.monotonic()
+        image = ensure_block_image(Path(self.state.rootfs), self.state.image_digest)
+        self.timings["block_image"] = time.monotonic() - t0
+        meta = self.bundle.metadata
+        vm = restore_from_template(
+            self.block_vm_config(image.path), timeout=self.cfg.agent_ready_timeout,
+            known_sha256={self.bundle.kernel: meta.sha256_vmlinux, self.bundle.initramfs: meta.sha256_initramfs},
+            make_config=self.block_vm_config(placeholder(image.disk_bytes)), setup=self._setup_template,
+            inputs={"crun": meta.oci_runtime.sha256})
+        self.restored = True
+        return vm
+
+    def _setup_template(self, vm: LinuxVm) -> None:
+        """Make a container template's guest ready for any container but its image (crun copied in)."""
+        crun = self.bundle.oci_runtime.read_bytes()
+        if sha256_bytes(crun) != self.bundle.metadata.oci_runtime.sha256:
+            raise OciError(f"{self.bundle.oci_runtime} does not match its bundle's recorded sha256",
+                           hint="reinstall the bundle")
+        r = vm.agent.exec_collect(["/bin/sh", "-c", guest.template_setup_script()], stdin=crun, timeout=120,
+                                  max_output=_COLLECT_LIMIT)
+        if not r.ok:
+            raise OciError(f"preparing the container template's guest failed (exit {r.exit_code}): "
+                           f"{(r.stdout + r.stderr).decode(errors='replace').strip()[-500:]}")
+
+    def _prepare_block(self) -> None:
+        config = (self.cdir / CONFIG_FILE).read_bytes()
+        code, output = self._collect(["/bin/sh", "-c", guest.block_prepare_script(self.state.cwd)], stdin=config)
+        if code != 0:
+            raise OciError(f"mounting the container image's block device in the guest failed (exit {code}): "
+                           f"{output.decode(errors='replace').strip()[-500:]}")
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
@@ -231,8 +297,8 @@ class ContainerVm:
             raise OciError(f"the guest could not run {argv[0]}: {error}")
         return shell_exit_code
 
-    def _collect(self, argv: Sequence[str], timeout: float = 60.0) -> tuple[int, bytes]:
-        r = self.vm.agent.exec_collect(list(argv), timeout=timeout, max_output=_COLLECT_LIMIT)
+    def _collect(self, argv: Sequence[str], timeout: float = 60.0, stdin: bytes | None = None) -> tuple[int, bytes]:
+        r = self.vm.agent.exec_collect(list(argv), stdin=stdin, timeout=timeout, max_output=_COLLECT_LIMIT)
         code = self._exit_code(argv, r.timed_out, r.exit_code, r.error, r.shell_exit_code, timeout)
         return code, r.stdout + r.stderr
 
@@ -314,38 +380,40 @@ def _not_found_is_127(code: int, stderr_tail: bytes) -> int:
 
 def run_foreground(cfg: RuntimeConfig, req: ContainerRequest, *, remove: bool,
                    on_stdout: Sink, on_stderr: Sink, timings: dict[str, float] | None = None,
-                   attach: Attach = DETACHED) -> int:
-    """``vz oci run``: boot, run, stream, return the container's exit code.
+                   attach: Attach = DETACHED, cold: bool = False) -> int:
+    """``vz oci run``: start the VM (restored from its container template, ``cold``: booted), run,
+    stream, return the container's exit code.
 
-    ``timings``, when given, receives the seconds spent per phase (host prepare, boot → agent,
-    guest prepare, crun run, VM stop).
+    ``timings``, when given, receives the seconds spent per phase (host prepare, block image, boot or
+    restore → agent, guest prepare, crun run, VM stop) and ``restored`` (1.0 when from a template).
     """
     t0 = time.monotonic()
     forwarder = PortForwarder(req.ports)
     forwarder.bind()  # a port in use fails here, before anything is written or booted
     try:
-        return _run_foreground(cfg, req, remove, on_stdout, on_stderr, timings, attach, forwarder, t0)
+        return _run_foreground(cfg, req, remove, on_stdout, on_stderr, timings, attach, forwarder, t0, cold)
     finally:
         forwarder.close()
 
 
 def _run_foreground(cfg: RuntimeConfig, req: ContainerRequest, remove: bool, on_stdout: Sink,
                     on_stderr: Sink, timings: dict[str, float] | None, attach: Attach,
-                    forwarder: PortForwarder, t0: float) -> int:
+                    forwarder: PortForwarder, t0: float, cold: bool) -> int:
     state, bundle = prepare_container(cfg, req)
     host_prepare = time.monotonic() - t0
     store = store_for(cfg)
     cdir = store.dir(state.id)
     started = False
     try:
-        with ContainerVm(cfg, state, bundle, cdir) as cvm:
+        with ContainerVm(cfg, state, bundle, cdir, cold=cold) as cvm:
             store.update(state.id, status=Status.running, started=now())
             started = True
             forwarder.start(cvm.vm.agent, cvm.netns_path)
             code = cvm.run(on_stdout, on_stderr, log=not remove, attach=attach)
             t_stop = time.monotonic()
         if timings is not None:
-            timings.update(host_prepare=host_prepare, **cvm.timings, vm_stop=time.monotonic() - t_stop)
+            timings.update(host_prepare=host_prepare, **cvm.timings, vm_stop=time.monotonic() - t_stop,
+                           restored=float(cvm.restored))
         store.update(state.id, status=Status.exited, exit_code=code, finished=now())
         return code
     except BaseException as e:

@@ -71,6 +71,53 @@ def prepare_script(cwd: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+# --- the restore path (docs/oci.md, "Fast start: templates and block images") -------------------
+# The image is the VM's first virtio-blk disk: an ext4 built on the host (oci.blockimage), read-only.
+IMAGE_DEVICE = "/dev/vda"
+_MOUNT_TRIES = 50
+
+
+def template_setup_script() -> str:
+    """BusyBox sh, run once in a container template's guest before it is saved: the guest paths of
+    the container, crun (from stdin) at :data:`GUEST_CRUN` — no share: a plain directory in the
+    initramfs root — and the tmpfs for the overlay. Everything a restored copy needs but the image."""
+    crun = shlex.quote(GUEST_CRUN)
+    lines = [
+        "set -e",
+        f"mkdir -p {GUEST_IMAGE} {GUEST_CTL} {GUEST_WORK} {GUEST_EXECS}",
+        f"cat > {crun}.part",
+        f"chmod 0755 {crun}.part",
+        f"mv {crun}.part {crun}",
+        f"mount -t tmpfs -o mode=0755 vz-oci {GUEST_WORK}",
+        f"mkdir -p {GUEST_WORK}/upper {GUEST_WORK}/work {GUEST_ROOTFS}",
+        "grep -qw cgroup2 /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null || true",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def block_prepare_script(cwd: str) -> str:
+    """BusyBox sh, run once per restored VM: ``config.json`` from stdin, the image disk mounted
+    read-only, the overlay on it. The template's guest read the placeholder disk's first blocks
+    while it booted (zeros, still cached), so the page cache is dropped before the mount, and the
+    mount retried after dropping it again (docs/oci.md)."""
+    q = shlex.quote
+    mount = f"mount -t ext4 -o ro,noload {IMAGE_DEVICE} {GUEST_IMAGE}"
+    lines = [
+        "set -e",
+        f"cat > {GUEST_CTL}/config.json",
+        "echo 1 > /proc/sys/vm/drop_caches",  # clean page cache only: nothing is dirty, slabs stay
+        "n=0",
+        f"until {mount} 2>/dev/null; do",
+        f"  n=$((n + 1)); [ $n -lt {_MOUNT_TRIES} ] || {{ {mount}; exit 1; }}",
+        "  echo 1 > /proc/sys/vm/drop_caches; sleep 0.02",
+        "done",
+        f"mount -t overlay -o lowerdir={GUEST_IMAGE},upperdir={GUEST_WORK}/upper,"
+        f"workdir={GUEST_WORK}/work vz-oci-rootfs {GUEST_ROOTFS}",
+        f"mkdir -p {q(GUEST_ROOTFS + posixpath.normpath('/' + cwd))}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
 def cgroup_path(container_id: str) -> str:
     """The container's cgroup (``linux.cgroupsPath``), relative to the guest's cgroup2 mount."""
     return f"{CGROUP_PARENT}/{container_id}"

@@ -84,6 +84,7 @@ class ContainerState:
     network: bool = False
     cpus: int = 1
     memory_mib: int = 256
+    image_digest: str | None = None  # the image's manifest digest (OCI layouts, registry images)
     status: Status = Status.creating
     exit_code: int | None = None
     error: str | None = None

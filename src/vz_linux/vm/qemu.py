@@ -99,6 +99,9 @@ class Disk:
 
     path: Path
     read_only: bool = False
+    # A snapshot's disk the guest has not read yet (an OCI template's placeholder): at restore another
+    # file of the same size may stand in for it (vm_shape names it by index and size, not by path).
+    swappable: bool = False
 
 
 @dataclass(frozen=True)

@@ -57,7 +57,7 @@ _CORRUPT_HINT = "save it again (templates are rebuilt by themselves)"
 
 # QEMU options that take a value (the rest of our argv are flags); see QemuVm.argv().
 _VALUE_OPTIONS = frozenset({"-M", "-cpu", "-accel", "-smp", "-m", "-kernel", "-initrd", "-append", "-chardev",
-                            "-serial", "-mon", "-device", "-netdev", "-object", "-global", "-incoming"})
+                            "-serial", "-mon", "-device", "-drive", "-netdev", "-object", "-global", "-incoming"})
 # Recorded as their own shape fields, or (kernel, initramfs) by digest: not part of the device set.
 _NOT_DEVICES = frozenset({"-M", "-cpu", "-accel", "-smp", "-m", "-kernel", "-initrd", "-append", "-incoming"})
 
@@ -130,6 +130,7 @@ def vm_shape(qemu: QemuVm) -> VmShape:
     per_boot = {qemu.serial_log: "SERIAL", qemu.serial_socket: "SERIAL", qemu.agent_socket: "AGENT",
                 qemu.qmp_socket: "QMP"}
     per_boot.update({share.socket: f"SHARE{i}" for i, share in enumerate(qemu.shares)})
+    per_boot.update({d.path: f"DISK{i}-{d.path.stat().st_size}B" for i, d in enumerate(qemu.disks) if d.swappable})
 
     def named(value: str) -> str:
         for path, name in per_boot.items():

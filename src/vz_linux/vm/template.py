@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -58,9 +58,15 @@ class TemplateBuild:
     disk_bytes: int  # allocated blocks of the template's files (the state file is sparse-free)
 
 
-def template_for(config: VmConfig, known_sha256: Mapping[Path, str] | None = None) -> Template:
+# What a template's maker does in the ready guest before saving it (an OCI template: copy crun in).
+Setup = Callable[[LinuxVm], None]
+
+
+def template_for(config: VmConfig, known_sha256: Mapping[Path, str] | None = None,
+                 inputs: Mapping[str, str] | None = None) -> Template:
     """The template a VM of ``config`` restores from. ``known_sha256``: validated checksums of the
-    kernel/initramfs (a bundle's metadata), spared a re-hash; the restore still verifies the files."""
+    kernel/initramfs (a bundle's metadata), spared a re-hash; the restore still verifies the files.
+    ``inputs``: what else the saved guest holds (a setup's files, by sha256), part of the key."""
     known = known_sha256 or {}
 
     def digest(path: Path | None) -> str | None:
@@ -70,7 +76,7 @@ def template_for(config: VmConfig, known_sha256: Mapping[Path, str] | None = Non
 
     shape = vm_shape(describe(config, effective_accel(config).accel, _PLACEHOLDER))
     key = cache_key({"schema": TEMPLATE_SCHEMA, "shape": shape.model_dump(), "kernel": digest(config.kernel),
-                     "initramfs": digest(config.initramfs)})
+                     "initramfs": digest(config.initramfs), **({"inputs": dict(inputs)} if inputs else {})})
     return Template(key, templates_root() / key)
 
 
@@ -85,9 +91,10 @@ def usable_id(path: Path) -> str | None:
 
 
 def ensure_template(template: Template, config: VmConfig, *, timeout: float = 120.0,
-                    unusable: str | None = None) -> tuple[str, TemplateBuild | None]:
+                    unusable: str | None = None, setup: Setup | None = None) -> tuple[str, TemplateBuild | None]:
     """Make ``template`` unless an intact one is there (and is not the snapshot id ``unusable``, which
-    just failed to restore). Returns the snapshot id to restore and, when made here, the build."""
+    just failed to restore). Returns the snapshot id to restore and, when made here, the build.
+    ``setup`` runs in the ready guest before it is saved."""
     if unusable is None and (found := usable_id(template.path)) is not None:
         return found, None
     try:
@@ -96,7 +103,7 @@ def ensure_template(template: Template, config: VmConfig, *, timeout: float = 12
             found = usable_id(template.path)
             if found is not None and found != unusable:
                 return found, None  # another process made it while we waited
-            return _make(template, config, timeout)
+            return _make(template, config, timeout, setup)
     except filelock.Timeout as e:
         raise TemplateError(f"template {template.key[:16]} is being made by another process for over "
                             f"{LOCK_TIMEOUT_S:.0f}s", hint=f"remove {template.lock_path} if that process is gone") from e
@@ -105,7 +112,7 @@ def ensure_template(template: Template, config: VmConfig, *, timeout: float = 12
                             hint="make the cache directory writable, set VZ_LINUX_CACHE_DIR, or pass --cold") from e
 
 
-def _make(template: Template, config: VmConfig, timeout: float) -> tuple[str, TemplateBuild]:
+def _make(template: Template, config: VmConfig, timeout: float, setup: Setup | None) -> tuple[str, TemplateBuild]:
     started = time.monotonic()
     # We hold the lock, so a stage left beside the template is from a maker that died mid-save.
     for stale in template.path.parent.glob(f".{template.path.name}.stage-*"):
@@ -113,6 +120,8 @@ def _make(template: Template, config: VmConfig, timeout: float) -> tuple[str, Te
     # The template's own boot keeps its console in its work dir, never in the caller's log.
     with LinuxVm(replace(config, serial_log=None)) as vm:
         vm.wait_for_agent(timeout)
+        if setup is not None:
+            setup(vm)
         manifest = vm.save(template.path, resume=False, timeout=timeout)
     build = TemplateBuild(template.path, time.monotonic() - started,
                           sum(p.stat().st_blocks * 512 for p in template.path.iterdir()))
@@ -122,16 +131,21 @@ def _make(template: Template, config: VmConfig, timeout: float) -> tuple[str, Te
 
 
 def restore_from_template(config: VmConfig, *, timeout: float = 120.0,
-                          known_sha256: Mapping[Path, str] | None = None) -> LinuxVm:
+                          known_sha256: Mapping[Path, str] | None = None, make_config: VmConfig | None = None,
+                          setup: Setup | None = None, inputs: Mapping[str, str] | None = None) -> LinuxVm:
     """A running VM of ``config`` restored from its template (made first if needed, remade once if
-    it cannot be restored). Raises :class:`TemplateError` when a freshly made one fails too."""
-    template = template_for(config, known_sha256)
-    snapshot_id, _ = ensure_template(template, config, timeout=timeout)
+    it cannot be restored). Raises :class:`TemplateError` when a freshly made one fails too.
+    ``make_config``: the VM a template is made from when it is not ``config`` itself (of the same
+    shape: an OCI template's placeholder disk stands for the container's image); ``setup`` and
+    ``inputs``: see :func:`ensure_template` and :func:`template_for`."""
+    template = template_for(config, known_sha256, inputs)
+    maker = make_config or config
+    snapshot_id, _ = ensure_template(template, maker, timeout=timeout, setup=setup)
     try:
         vm = LinuxVm.restore(template.path, config, timeout=timeout)
     except (SnapshotCorruptError, SnapshotMismatchError) as e:
         log.warning("template %s cannot be restored (%s): making it again", template.key[:16], e)
-        snapshot_id, _ = ensure_template(template, config, timeout=timeout, unusable=snapshot_id)
+        snapshot_id, _ = ensure_template(template, maker, timeout=timeout, unusable=snapshot_id, setup=setup)
         try:
             vm = LinuxVm.restore(template.path, config, timeout=timeout)
         except (SnapshotCorruptError, SnapshotMismatchError) as again:
