@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from benchmarks import agent_exec, ensure_installed, kernel_phase
+from benchmarks import agent_exec, ensure_installed, fast_start, kernel_phase
 from benchmarks import images as images_bench
 from benchmarks.figures import Figures
 
@@ -107,3 +107,25 @@ def test_kernel_phase_figures(metrics: Figures, tmp_path: Path, built_bundle: Ca
     for suffix in ("", "_off"):
         ratio = metrics.get(f"kernel_phase_ratio_x86_64_over_arm64{suffix}")
         assert ratio.unit == "ratio" and ratio.value > 0
+
+
+@pytest.mark.vm
+@pytest.mark.kernel
+@pytest.mark.slow
+def test_fast_start_figures(metrics: Figures, tmp_path: Path, built_bundle: Callable[..., Path]) -> None:
+    """One round of the combined fast-start run puts every goal's figure, with plausible values."""
+    x86, arm = (built_bundle(KernelProfile.container, a) for a in (Architecture.x86_64, Architecture.arm64))
+    saved = dict(os.environ)
+    results = fast_start.run(metrics, x86, arm, tmp_path, iterations=1, density_count=1, startup_iterations=1)
+    assert dict(os.environ) == saved, "the run's $HOME and cache must not leak"
+    assert [r.label for r in results] == ["x86_64 cold", "x86_64 restored", "arm64 cold"]
+    assert [s.mode for r in results for s in r.samples] == ["cold", "restored", "cold"]
+    for name in ("boot_to_agent_cold", "restore_to_agent", "run_template", "run_cold", "oci_run_template",
+                 "oci_run_cold", "floor_to_agent", "vz_linux_version", "import_vz_linux"):
+        _assert_timed(metrics, name)
+    for name in ("restore_over_cold_p50", "run_template_over_cold_p50", "oci_run_template_over_cold_p50",
+                 "kernel_phase_ratio_x86_64_over_arm64"):
+        assert metrics.get(name).unit == "ratio" and metrics.get(name).value > 0
+    assert metrics.get("template_disk_bytes").value > 0 and metrics.get("block_image_disk_bytes").value > 0
+    assert 16 < metrics.get("rss_ready_restored_p50").value < metrics.get("rss_ready_cold_p50").value
+    assert metrics.get("vms_in_budget_restored").value > 0
