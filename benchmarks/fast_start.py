@@ -28,13 +28,12 @@ cold-booted vs restored VMs in 8 GiB). Figures and their goals:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -46,7 +45,7 @@ from benchmarks import density, startup
 from benchmarks.boot import floor_boot
 from benchmarks.figures import Figures
 from benchmarks.guests import busybox_path, floor_archive, write
-from benchmarks.oci_run import _block_image_build, _cli
+from benchmarks.oci_run import _block_image_build, _cli, _environment
 from benchmarks.snapshot import _run_true
 from vz_linux.arch import Architecture
 from vz_linux.cli.plot import plot_results
@@ -62,17 +61,6 @@ from vz_linux.vm.guest_source import GuestSource
 from vz_linux.vm.snapshot import STATE
 
 Step = Callable[[int], float]  # one sample of a wall-clock figure, in seconds
-
-
-@contextlib.contextmanager
-def _environment(**env: str) -> Iterator[None]:
-    saved = dict(os.environ)
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 def _ms(values: list[float]) -> list[float]:
@@ -160,8 +148,8 @@ def run(figures: Figures, x86: Path, arm64: Path, work: Path, *, iterations: int
         startup_iterations: int) -> list[GuestResult]:
     """The whole benchmark in ``work`` (a throw-away $HOME and cache); returns the boots to plot."""
     (work / "home").mkdir(exist_ok=True)
-    with _environment(HOME=str(work / "home"), VZ_LINUX_CACHE_DIR=str(work / "cache"),
-                      VZ_LINUX_CONTAINER_BUNDLE_DIR=str(x86.resolve())):
+    with _environment({**os.environ, "HOME": str(work / "home"), "VZ_LINUX_CACHE_DIR": str(work / "cache"),
+                       "VZ_LINUX_CONTAINER_BUNDLE_DIR": str(x86.resolve())}):
         results = measure(figures, x86, arm64, iterations, work)
         startup.measure(figures, startup_iterations)
         density.measure(figures, x86, density_count, settle_secs=5.0)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from benchmarks.figures import Figures
 
+from tests.procs import live_processes_mentioning
 from vz_linux import layout
 from vz_linux.oci.config import RuntimeConfig
 from vz_linux.oci.container import (
@@ -66,19 +67,6 @@ def _env(base: Path, bundle: Path) -> dict[str, str]:
     return env
 
 
-def _processes_mentioning(text: str) -> list[str]:
-    alive = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if text in cmdline and state != "Z":
-            alive.append(cmdline)
-    return alive
-
-
 class Vz:
     """The real `vz` CLI in this test's environment; a failure is one line, never a traceback."""
 
@@ -95,9 +83,9 @@ class Vz:
 def vz(tmp_path: Path, bundle: Path) -> Iterator[Vz]:
     yield Vz(_env(tmp_path, bundle))
     deadline = time.monotonic() + 20
-    while _processes_mentioning(str(tmp_path)) and time.monotonic() < deadline:
+    while live_processes_mentioning(str(tmp_path)) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _processes_mentioning(str(tmp_path)), "processes outlived the test"
+    assert not live_processes_mentioning(str(tmp_path)), "processes outlived the test"
 
 
 def _status(pid: int, key: str) -> int:

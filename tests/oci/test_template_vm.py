@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import live_processes_mentioning
 from vz_linux import layout
 from vz_linux.oci.blockimage import ensure_block_image
 from vz_linux.oci.config import RuntimeConfig
@@ -40,16 +41,7 @@ def image(tmp_path: Path, busybox_rootfs: Path) -> Path:
 
 
 def _qemus_using(text: str) -> list[str]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if "qemu-system" in cmdline and text in cmdline and state != "Z":
-            found.append(cmdline)
-    return found
+    return live_processes_mentioning("qemu-system", text)
 
 
 def test_run_from_template_runs_the_image_from_its_block_device(
