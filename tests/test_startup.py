@@ -66,6 +66,31 @@ def test_start_up_imports_nothing_heavy(code: str) -> None:
         assert "click" not in modules
 
 
+# What `vz oci run` does not need: the pipeline, rich (made on first print), the release installer,
+# plotting. Importing a module of a package must not import the whole package (lazy.py).
+NOT_FOR_OCI_RUN = ("vz_linux.build", "vz_linux.bundle.installer", "vz_linux.bundle.fetch",
+                   "vz_linux.bundle.release", "vz_linux.vm.boot_verify", "vz_linux.vm.bench", "rich",
+                   "matplotlib", "kconfiglib")
+
+
+def test_oci_run_loads_only_what_it_uses() -> None:
+    modules = _modules_after("from vz_linux.cli.vz_main import main; main(['oci', 'run', '--help'])")
+    assert "vz_linux.oci.container" in modules  # the probe did load the command
+    assert sorted(m for m in modules if any(m == h or m.startswith(h + ".") for h in NOT_FOR_OCI_RUN)) == []
+
+
+def test_lazy_package_names_still_resolve() -> None:
+    import vz_linux.bundle
+    import vz_linux.oci
+    import vz_linux.vm
+
+    for package in (vz_linux, vz_linux.bundle, vz_linux.vm, vz_linux.oci):
+        for name in dir(package):
+            assert getattr(package, name) is not None, (package.__name__, name)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        vz_linux.vm.nope  # noqa: B018
+
+
 def test_the_check_can_fail() -> None:
     """The module probe sees a heavy import when there is one (else the test above proves nothing)."""
     assert "vz_linux.vm.linux_vm" in _heavy(_modules_after("import vz_linux; vz_linux.LinuxVm"))

@@ -2,20 +2,18 @@
 
 The public API. Names load on first use (PEP 562): ``import vz_linux`` costs the version constants
 only, so the CLI and library users start fast (docs/architecture.md, "Start-up"). To add a name,
-add one row to ``_EXPORTS`` and one line under ``TYPE_CHECKING`` (what mypy and editors see).
+add one row to ``_EXPORTS`` (``lazy.py``) and one line under ``TYPE_CHECKING`` (what mypy and editors see).
 """
 
 from __future__ import annotations
 
-import importlib
-
+from .lazy import lazy_exports
 from .version import AGENT_PROTOCOL_REVISION as AGENT_PROTOCOL_REVISION
 from .version import AGENT_VERSION as AGENT_VERSION
 from .version import METADATA_SCHEMA_VERSION as METADATA_SCHEMA_VERSION
 from .version import __version__ as __version__
 
-# typing costs milliseconds at start-up; mypy treats any TYPE_CHECKING as true.
-TYPE_CHECKING = False
+TYPE_CHECKING = False  # typing costs milliseconds at start-up; mypy treats it as true
 
 # name -> the module (relative to this package) that defines it
 _EXPORTS: dict[str, str] = {
@@ -45,26 +43,10 @@ _EXPORTS: dict[str, str] = {
     "VmShare": ".vm.linux_vm",
 }
 
-__all__ = sorted([*_EXPORTS, "AGENT_PROTOCOL_REVISION", "AGENT_VERSION", "METADATA_SCHEMA_VERSION", "__version__"])
-
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
-    globals()[name] = value  # later lookups are plain attribute reads
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
-
+__getattr__, __dir__, __all__ = lazy_exports(
+    __name__, _EXPORTS, ("AGENT_PROTOCOL_REVISION", "AGENT_VERSION", "METADATA_SCHEMA_VERSION", "__version__"))
 
 if TYPE_CHECKING:
-    from typing import Any
-
     from .arch import Architecture as Architecture
     from .build.pipeline import BuildOptions as BuildOptions
     from .build.pipeline import build_bundle as build_bundle

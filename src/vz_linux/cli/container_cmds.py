@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
 from ..errors import CopyHostPathError
 from ..oci import copy, observe, stats
 from ..oci.config import RuntimeConfig, default_data_dir
-from .common import out_console, warn
+from .common import print_listing, warn
 
 _DATA_DIR_HELP = "Container state (default ~/.vz/oci, or $VZ_OCI_DATA_DIR)."
 
@@ -55,15 +54,11 @@ def _size(n: int | None) -> str:
     return f"{n / (1 << 20):.1f}MiB"
 
 
-def _table(rows: list[stats.ContainerStats]) -> Table:
-    table = Table(box=None, pad_edge=False)
-    for col in ("ID", "NAME", "STATUS", "CPU %", "MEM", "MEM SOURCE", "PIDS", "VM RSS", "VM MEM"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r.id, r.name, r.status, "-" if r.cpu_percent is None else f"{r.cpu_percent:.1f}%",
-                      _size(r.memory_bytes), r.memory_source, "-" if r.pids is None else str(r.pids),
-                      _size(r.vm_rss_bytes), _size(r.vm_memory_bytes))
-    return table
+def _print_table(rows: list[stats.ContainerStats]) -> None:
+    print_listing(("ID", "NAME", "STATUS", "CPU %", "MEM", "MEM SOURCE", "PIDS", "VM RSS", "VM MEM"),
+                  ((r.id, r.name, r.status, "-" if r.cpu_percent is None else f"{r.cpu_percent:.1f}%",
+                    _size(r.memory_bytes), r.memory_source, "-" if r.pids is None else str(r.pids),
+                    _size(r.vm_rss_bytes), _size(r.vm_memory_bytes)) for r in rows))
 
 
 @click.command(name="stats")
@@ -82,7 +77,7 @@ def stats_(no_stream: bool, as_json: bool, interval: float, data_dir: Path | Non
         if as_json:
             click.echo(json.dumps([r.to_json() for r in rows], indent=None if not no_stream else 2))
         else:
-            out_console.print(_table(rows))
+            _print_table(rows)
         if no_stream or not any(r.vm_rss_bytes is not None for r in rows):
             return 0
         time.sleep(0.1)

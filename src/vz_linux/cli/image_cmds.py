@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
 from ..arch import Architecture
 from ..oci.config import RuntimeConfig, default_data_dir
 from ..oci.images import list_images, remove_image
 from ..oci.pull import PullOptions, PullPolicy, parse_reference, pull
 from ..profiles import KernelProfile
-from .common import out_console
+from .common import print_listing
 
 _PROFILES = click.Choice([p.value for p in KernelProfile])
 
@@ -91,13 +90,9 @@ def images_cmd(as_json: bool, digests: bool, data_dir: Path | None) -> int:
     if as_json:
         click.echo(json.dumps([r.to_json() for r in rows], indent=2))
         return 0
-    table = Table(box=None, pad_edge=False)
-    for col in ("REPOSITORY", "TAG", "DIGEST" if digests else "IMAGE ID", "PLATFORM", "SIZE", "PULLED"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r.repository, r.tag, r.digest if digests else r.image_id, r.platform,
-                      f"{r.size / 2**20:.1f} MiB", r.pulled)
-    out_console.print(table)
+    print_listing(("REPOSITORY", "TAG", "DIGEST" if digests else "IMAGE ID", "PLATFORM", "SIZE", "PULLED"),
+                  ((r.repository, r.tag, r.digest if digests else r.image_id, r.platform,
+                    f"{r.size / 2**20:.1f} MiB", r.pulled) for r in rows))
     return 0
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
 from ..oci.config import RuntimeConfig, default_data_dir
 from ..oci.pull import prepare
@@ -17,7 +16,7 @@ from ..profiles import KernelProfile
 from ..vm.descriptor import InitRequest, init_vm, resolve_artifacts
 from ..vm.persistent import RunRequest, list_vms, remove_vm, run_vm
 from . import image_cmds
-from .common import out_console
+from .common import print_listing
 
 _PROFILES = click.Choice([p.value for p in KernelProfile])
 _vm_dir = click.option("--output-dir", "vm_dir", type=click.Path(path_type=Path), default=None,
@@ -111,13 +110,9 @@ def ls(vm_dir: Path | None, as_json: bool) -> int:
     if as_json:
         click.echo(json.dumps([r.to_json() for r in rows], indent=2))
         return 0
-    table = Table(box=None, pad_edge=False)
-    for col in ("NAME", "PROFILE", "DISK", "USED", "SOURCE", "STATUS", "CREATED"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r.name, r.profile, f"{r.size_bytes / 2**30:.0f} GiB", f"{r.used_bytes / 2**20:.0f} MiB",
-                      r.source, r.status, r.created)
-    out_console.print(table)
+    print_listing(("NAME", "PROFILE", "DISK", "USED", "SOURCE", "STATUS", "CREATED"),
+                  ((r.name, r.profile, f"{r.size_bytes / 2**30:.0f} GiB", f"{r.used_bytes / 2**20:.0f} MiB",
+                    r.source, r.status, r.created) for r in rows))
     return 0
 
 

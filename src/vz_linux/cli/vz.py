@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import click
-from rich.table import Table
 
 from ..errors import InvalidConfigError
 from ..oci import lifecycle, observe
@@ -25,7 +24,7 @@ from ..oci.ports import parse_ports
 from ..oci.spec import Volume, parse_env
 from ..profiles import KernelProfile
 from . import image_cmds, vm_cmds
-from .common import out_console
+from .common import print_listing
 from .container_cmds import COMMANDS as CONTAINER_COMMANDS
 from .terminal import TerminalSession
 from .vz_main import main as main
@@ -199,13 +198,9 @@ def ps(all_: bool, as_json: bool, data_dir: Path | None) -> int:
     if as_json:
         click.echo(json.dumps([r.to_json() for r in rows], indent=2))
         return 0
-    table = Table(box=None, pad_edge=False)
-    for col in ("ID", "NAME", "STATUS", "IMAGE", "COMMAND", "CREATED"):
-        table.add_column(col)
-    for r in rows:
-        status = r.status.value + (f" ({r.exit_code})" if r.exit_code is not None else "")
-        table.add_row(r.id, r.name, status, r.image, r.command, r.created)
-    out_console.print(table)
+    print_listing(("ID", "NAME", "STATUS", "IMAGE", "COMMAND", "CREATED"),
+                  ((r.id, r.name, r.status.value + (f" ({r.exit_code})" if r.exit_code is not None else ""),
+                    r.image, r.command, r.created) for r in rows))
     return 0
 
 

@@ -9,4 +9,17 @@ alive between CLI invocations), ``state`` (container records under the data dir)
 
 from __future__ import annotations
 
-from .config import RuntimeConfig as RuntimeConfig
+from ..lazy import lazy_exports
+
+TYPE_CHECKING = False  # typing costs milliseconds at start-up; mypy treats it as true
+
+# name -> the module that defines it; imported on first use, so importing a module of this package
+# does not import them all (docs/architecture.md, "Start-up")
+_EXPORTS: dict[str, str] = {
+    "RuntimeConfig": ".config",
+}
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:
+    from .config import RuntimeConfig as RuntimeConfig
