@@ -45,8 +45,8 @@ from benchmarks import density, startup
 from benchmarks.boot import floor_boot
 from benchmarks.figures import Figures
 from benchmarks.guests import busybox_path, floor_archive, write
-from benchmarks.oci_run import _block_image_build, _cli, _environment
-from benchmarks.snapshot import _run_true
+from benchmarks.oci_run import block_image_build, environment, oci_run_cli
+from benchmarks.snapshot import run_true_cli
 from vz_linux.arch import Architecture
 from vz_linux.cli.plot import plot_results
 from vz_linux.vm.bench import (
@@ -87,7 +87,7 @@ def measure(figures: Figures, x86: Path, arm64: Path, iterations: int, work: Pat
     figures.put("template_state_bytes", (built.path / STATE).stat().st_size, "bytes")
 
     image = make_busybox_rootfs(work / "rootfs")
-    seconds, disk, _fs = _block_image_build(image, work)
+    seconds, disk, _fs = block_image_build(image, work)
     figures.put("block_image_build_ms", seconds * 1000, "ms")
     figures.put("block_image_disk_bytes", disk, "bytes")
 
@@ -95,10 +95,10 @@ def measure(figures: Figures, x86: Path, arm64: Path, iterations: int, work: Pat
     vz = Path(sys.executable).parent / "vz"
     env = dict(os.environ)
     walls: dict[str, Step] = {
-        "run_template": lambda i: _run_true(x86, cache),
-        "run_cold": lambda i: _run_true(x86, cache, "--cold"),
-        "oci_run_template": lambda i: _cli(vz, image, env),
-        "oci_run_cold": lambda i: _cli(vz, image, env, "--cold"),
+        "run_template": lambda i: run_true_cli(x86, cache),
+        "run_cold": lambda i: run_true_cli(x86, cache, "--cold"),
+        "oci_run_template": lambda i: oci_run_cli(vz, image, env),
+        "oci_run_cold": lambda i: oci_run_cli(vz, image, env, "--cold"),
     }
     for step in walls.values():  # first uses (the CLI's own templates, the block image), not measured
         step(0)
@@ -148,7 +148,7 @@ def run(figures: Figures, x86: Path, arm64: Path, work: Path, *, iterations: int
         startup_iterations: int) -> list[GuestResult]:
     """The whole benchmark in ``work`` (a throw-away $HOME and cache); returns the boots to plot."""
     (work / "home").mkdir(exist_ok=True)
-    with _environment({**os.environ, "HOME": str(work / "home"), "VZ_LINUX_CACHE_DIR": str(work / "cache"),
+    with environment({**os.environ, "HOME": str(work / "home"), "VZ_LINUX_CACHE_DIR": str(work / "cache"),
                        "VZ_LINUX_CONTAINER_BUNDLE_DIR": str(x86.resolve())}):
         results = measure(figures, x86, arm64, iterations, work)
         startup.measure(figures, startup_iterations)

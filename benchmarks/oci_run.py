@@ -59,7 +59,8 @@ def percentile(values: list[float], q: float) -> float:
 
 
 @contextlib.contextmanager
-def _environment(env: dict[str, str]) -> Iterator[None]:
+def environment(env: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` is exactly ``env`` inside (restored after)."""
     saved = dict(os.environ)
     os.environ.clear()
     os.environ.update(env)
@@ -70,7 +71,8 @@ def _environment(env: dict[str, str]) -> Iterator[None]:
         os.environ.update(saved)
 
 
-def _cli(vz: Path, image: Path, env: dict[str, str], *extra: str) -> float:
+def oci_run_cli(vz: Path, image: Path, env: dict[str, str], *extra: str) -> float:
+    """Seconds of one `vz oci run --rm [EXTRA] --kernel-profile container IMAGE -- true`, a fresh process."""
     t0 = time.monotonic()
     p = subprocess.run([str(vz), "oci", "run", "--rm", *extra, "--kernel-profile", "container", str(image),
                         "--", "true"], env=env, capture_output=True, text=True, timeout=600)
@@ -91,7 +93,7 @@ def _in_process(cfg: RuntimeConfig, image: Path, cold: bool) -> dict[str, float]
     return timings
 
 
-def _block_image_build(image: Path, work: Path) -> tuple[float, int, int]:
+def block_image_build(image: Path, work: Path) -> tuple[float, int, int]:
     """Seconds to build IMAGE's block image into an empty cache, its allocated and filesystem bytes."""
     cache = Path(tempfile.mkdtemp(prefix="blocks-", dir=work))
     try:
@@ -125,23 +127,23 @@ def measure_oci_run(bundle_dir: Path, iterations: int = 5, *, work: Path | None 
                VZ_LINUX_CACHE_DIR=str(cache_root()))
     (work / "home").mkdir(exist_ok=True)
     try:
-        with _environment(env):
+        with environment(env):
             bundle = ensure_kernel_profile(KernelProfile.container)  # installs into the temp $HOME
             image = make_busybox_rootfs(work / "rootfs")
             vz = Path(sys.executable).parent / "vz"
             guest = BenchGuest("container", VmConfig.from_bundle(bundle.root))
             opts = BenchOptions(iterations=1, measure_rss=False)
             cfg = RuntimeConfig(linux_profile=KernelProfile.container)
-            add("template_first_run", _cli(vz, image, env))  # makes the template if the cache has none
+            add("template_first_run", oci_run_cli(vz, image, env))  # makes the template if the cache has none
             for i in range(1, iterations + 1):
                 add("boot_to_agent", boot_once(guest, i, opts).total_s)
-                add("oci_run_cli_template", _cli(vz, image, env))
-                add("oci_run_cli_cold", _cli(vz, image, env, "--cold"))
+                add("oci_run_cli_template", oci_run_cli(vz, image, env))
+                add("oci_run_cli_cold", oci_run_cli(vz, image, env, "--cold"))
                 for name, cold in (("template", False), ("cold", True)):
                     for phase, seconds in _in_process(cfg, image, cold).items():
                         if phase != "restored":
                             add(f"{name}.{phase}", seconds)
-                seconds, disk, fs = _block_image_build(image, work)
+                seconds, disk, fs = block_image_build(image, work)
                 add("block_image_build", seconds)
                 add("block_image_disk_bytes", disk, 1.0)
                 add("block_image_fs_bytes", fs, 1.0)

@@ -54,7 +54,7 @@ from vz_linux.vm.template import TemplateBuild
 CACHE_ENV = "VZ_LINUX_CACHE_DIR"
 
 
-def _run_true(bundle: Path, cache: Path, *extra: str) -> float:
+def run_true_cli(bundle: Path, cache: Path, *extra: str) -> float:
     """Wall seconds of one `vz-linux run [extra] -- true` in a fresh process."""
     argv = [sys.executable, "-c", "from vz_linux.cli.main import main; main()", "run", "--bundle-dir", str(bundle),
             "--accel", "tcg", *extra, "--", "true"]
@@ -91,15 +91,15 @@ def measure(figures: Figures, bundle: Path, iterations: int, work: Path, templat
         figures.put_samples("template_build", [b.seconds * 1000 for b in builds])
         figures.put("template_disk_bytes", builds[-1].disk_bytes, "bytes")
         figures.put("template_state_bytes", (builds[-1].path / STATE).stat().st_size, "bytes")
-        _run_true(bundle, cache)  # makes the CLI's own template (no printk.time=1: another shape), warms up
-        _run_true(bundle, cache, "--cold")
+        run_true_cli(bundle, cache)  # makes the CLI's own template (no printk.time=1: another shape), warms up
+        run_true_cli(bundle, cache, "--cold")
         results = [GuestResult(g.label, group=g.group or g.label, mode=g.mode) for g in (cold, restored)]
         walls: dict[str, list[float]] = {"template": [], "cold": []}
         for i in range(1, iterations + 1):
             for guest, result in zip((cold, restored), results, strict=True):
                 result.samples.append(boot_once(guest, i, opts))
-            walls["template"].append(_run_true(bundle, cache))
-            walls["cold"].append(_run_true(bundle, cache, "--cold"))
+            walls["template"].append(run_true_cli(bundle, cache))
+            walls["cold"].append(run_true_cli(bundle, cache, "--cold"))
             print(f"round {i}/{iterations}: cold {results[0].samples[-1].total_s * 1000:.0f} ms, restored "
                   f"{results[1].samples[-1].total_s * 1000:.0f} ms, run template {walls['template'][-1] * 1000:.0f} "
                   f"ms, run cold {walls['cold'][-1] * 1000:.0f} ms", file=sys.stderr, flush=True)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from vz_linux.arch import Architecture
-from vz_linux.build import kernel_cache
+from vz_linux.build import kbuild, kernel_cache
 from vz_linux.build.kernel import CompileProgress, compile_kernel
-from vz_linux.build.reproducible import kbuild_identity
+from vz_linux.build.reproducible import kbuild_env, kbuild_identity
 from vz_linux.build.sources import KernelSource
 from vz_linux.bundle.metadata import KernelSourceInfo, ToolchainInfo
 from vz_linux.errors import BuildError
@@ -39,9 +39,23 @@ def test_key_covers_every_input() -> None:
         _key(schema="2"),
         _key(arch=Architecture.arm64),
         _key(build_env=kbuild_identity(EPOCH + 1)),  # another build epoch: other bytes
+        _key(cflags=("-mstringop-strategy=unrolled_loop",)),  # other compiler flags
+        _key(cflags=("-O1",)),
     ]
     assert len({base, *others}) == 1 + len(others)
-    assert _key() == base  # deterministic
+    assert _key() == base == _key(cflags=())  # deterministic; no flags: the key as before
+
+
+def test_only_x86_64_kernels_get_compiler_flags_next_to_the_prefix_maps(tmp_path: Path) -> None:
+    """x86_64's inlined `rep stosb`/`rep movsb` (a byte per TCG step) become unrolled loops; arm64
+    gets no flags, so its key (and its cached kernel) stays. The flags join KCFLAGS, they do not
+    replace the reproducible build's prefix maps."""
+    assert kbuild.arch_cflags(Architecture.arm64) == ()
+    assert kbuild.arch_cflags(Architecture.x86_64) == ("-mstringop-strategy=unrolled_loop",)
+    env = kbuild_env(tmp_path / "tree", tmp_path / "b", EPOCH, kbuild.arch_cflags(Architecture.x86_64))
+    assert env["KCFLAGS"].split() == [f"-ffile-prefix-map={(tmp_path / 'tree').resolve()}=.",
+                                      f"-ffile-prefix-map={(tmp_path / 'b').resolve()}=.",
+                                      "-mstringop-strategy=unrolled_loop"]
 
 
 def test_store_lookup_and_damaged_entry(tmp_path: Path) -> None:
@@ -111,7 +125,8 @@ def test_compile_reports_progress_and_keeps_the_log(fake_tree: KernelSource, tmp
     # The reproducible environment reached the kernel's make; the stale built-in initramfs is gone.
     stamp, user, host, version, epoch, kcflags = (builddir / "env.txt").read_text().strip().split("|")
     assert (stamp, user, host, version, epoch) == ("Sat Nov 28 09:54:11 UTC 2026", "vz-linux", "vz-linux", "1", str(EPOCH))
-    assert kcflags.split() == [f"-ffile-prefix-map={fake_tree.tree.resolve()}=.", f"-ffile-prefix-map={builddir.resolve()}=."]
+    assert kcflags.split() == [f"-ffile-prefix-map={fake_tree.tree.resolve()}=.", f"-ffile-prefix-map={builddir.resolve()}=.",
+                               "-mstringop-strategy=unrolled_loop"]  # x86_64's own flag reached the compiler
     assert not (builddir / "usr" / "initramfs_data.cpio").exists()
 
 

@@ -23,6 +23,20 @@ from .sources import KernelSource
 # toolchain on every host (docs/reproducible.md).
 NO_RUST: dict[str, str] = {"RUSTC": "false", "HOSTRUSTC": "false", "BINDGEN": "false"}
 
+# x86_64: gcc inlines memset/memcpy of a known size as `rep stosb`/`rep movsb` (~900 sites each),
+# which TCG runs one byte per step; free_initmem's 0xcc poisoning of the init pages alone cost
+# ~200 ms of boot (docs/vm.md, "x86_64 under TCG"). Unrolled loops store 8 bytes at a time, under
+# TCG and on hardware alike. Part of the kernel cache key (:func:`arch_cflags`).
+_ARCH_CFLAGS: dict[Architecture, tuple[str, ...]] = {
+    Architecture.x86_64: ("-mstringop-strategy=unrolled_loop",),
+}
+
+
+def arch_cflags(arch: Architecture) -> tuple[str, ...]:
+    """Compiler flags the kernel of ``arch`` gets on top of its Makefile's (``KCFLAGS``, next to
+    the reproducible build's prefix maps: :func:`reproducible.kbuild_env`); empty: none."""
+    return _ARCH_CFLAGS.get(arch, ())
+
 
 def make_argv(source: KernelSource, builddir: Path, arch: Architecture, *targets: str) -> list[str]:
     """``make`` of the kernel tree, out of tree in ``builddir``, for ``arch``, with no Rust toolchain."""

@@ -25,7 +25,7 @@ from ..layout import cache_root
 from ..profiles import KernelCapability, KernelProfile
 from ..run import quote, spawn
 from .buildroot import current_identity
-from .kbuild import make_argv
+from .kbuild import arch_cflags, make_argv
 from .reproducible import kbuild_env
 from .sources import KernelSource
 
@@ -122,7 +122,7 @@ def compile_kernel(
     jobs = jobs or os.cpu_count() or 1
     with FileLock(str(builddir) + ".lock"):
         _prepare(builddir, config_text)
-        env = kbuild_env(source.tree, builddir, epoch)
+        env = kbuild_env(source.tree, builddir, epoch, arch_cflags(arch))
         prefix = ["nice", "-n", str(nice)] if nice else []
         argv = [*prefix, *make_argv(source, builddir, arch, f"-j{jobs}", arch.kernel_make_target)]
         argv.remove("-s")  # keep kbuild's per-object lines: they drive the progress display

@@ -27,15 +27,19 @@ _STAGE_PREFIX = ".store-"  # every entry is staged under this name: a crashed st
 
 
 def cache_key(*, config_text: str, source_identity: str, toolchain: ToolchainInfo, schema: str,
-              arch: Architecture, build_env: Mapping[str, str], buildroot: str | None = None) -> str:
+              arch: Architecture, build_env: Mapping[str, str], buildroot: str | None = None,
+              cflags: tuple[str, ...] = ()) -> str:
     """``build_env`` is :func:`reproducible.kbuild_identity`: the build epoch, user and host.
     ``buildroot``: the package-manifest sha256 of the hermetic build root the kernel is built in
-    (docs/reproducible.md); None on the host, whose keys stay as they were."""
+    (docs/reproducible.md); None on the host, whose keys stay as they were. ``cflags``:
+    :func:`kbuild.arch_cflags`; none leaves the key as it was."""
     parts: dict[str, object] = {"config_sha256": sha256_text(config_text), "source": source_identity,
                                 "toolchain": toolchain.model_dump(), "schema": schema, "arch": arch.value,
                                 "build_env": dict(sorted(build_env.items()))}
     if buildroot is not None:
         parts["buildroot"] = buildroot
+    if cflags:
+        parts["cflags"] = list(cflags)
     return hashing.cache_key(parts)
 
 

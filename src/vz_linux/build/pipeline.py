@@ -27,7 +27,7 @@ from . import kernel_cache
 from .assemble import assemble_bundle
 from .buildroot import current_identity
 from .cpio import Compression
-from .kbuild import toolchain_info
+from .kbuild import arch_cflags, toolchain_info
 from .kconfig import ResolvedConfig, resolve_config
 from .kernel import KernelInfo, ProgressFn, compile_kernel
 from .kspp import KsppReport, kspp_report, tree_symbols
@@ -161,7 +161,8 @@ def kernel_cache_key(report: ConfigReport, pin: KernelPin) -> str:
     r = report.resolved
     return kernel_cache.cache_key(config_text=r.config_text, source_identity=r.source.identity,
                                   toolchain=toolchain_info(r.arch), schema=pin.cache_schema, arch=r.arch,
-                                  build_env=kbuild_identity(build_epoch(pin)), buildroot=current_identity())
+                                  build_env=kbuild_identity(build_epoch(pin)), buildroot=current_identity(),
+                                  cflags=arch_cflags(r.arch))
 
 
 def build_kernel(options: BuildOptions, *, pin: KernelPin | None = None

@@ -54,8 +54,9 @@ def kbuild_identity(epoch: int) -> dict[str, str]:
     }
 
 
-def kbuild_env(source_tree: Path, builddir: Path, epoch: int) -> dict[str, str]:
+def kbuild_env(source_tree: Path, builddir: Path, epoch: int, cflags: tuple[str, ...] = ()) -> dict[str, str]:
     """Environment additions for the kernel's make: fixed time/user/host, and the source and build
-    directories mapped to ``.`` in everything the compiler records (``-ffile-prefix-map``)."""
-    maps = " ".join(f"-ffile-prefix-map={d}=." for d in (str(source_tree.resolve()), str(builddir.resolve())))
-    return {**kbuild_identity(epoch), "KCFLAGS": maps, "TZ": "UTC", "LC_ALL": "C"}
+    directories mapped to ``.`` in everything the compiler records (``-ffile-prefix-map``), then
+    ``cflags`` (:func:`kbuild.arch_cflags`)."""
+    maps = [f"-ffile-prefix-map={d}=." for d in (str(source_tree.resolve()), str(builddir.resolve()))]
+    return {**kbuild_identity(epoch), "KCFLAGS": " ".join([*maps, *cflags]), "TZ": "UTC", "LC_ALL": "C"}

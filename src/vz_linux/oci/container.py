@@ -26,7 +26,7 @@ from pathlib import Path
 from ..bundle.model import KernelBundle
 from ..errors import OciError, VzLinuxError
 from ..fsutil import publish_file, write_atomic
-from ..hashing import sha256_bytes
+from ..hashing import sha256_bytes, sha256_text
 from ..profiles import KernelProfile
 from ..vm.agent_client import ExecControl
 from ..vm.agent_protocol import Stream
@@ -239,7 +239,7 @@ class ContainerVm:
             self.block_vm_config(image.path), timeout=self.cfg.agent_ready_timeout,
             known_sha256={self.bundle.kernel: meta.sha256_vmlinux, self.bundle.initramfs: meta.sha256_initramfs},
             make_config=self.block_vm_config(placeholder(image.disk_bytes)), setup=self._setup_template,
-            inputs={"crun": meta.oci_runtime.sha256})
+            inputs={"crun": meta.oci_runtime.sha256, "setup": sha256_text(guest.template_setup_script())})
         self.restored = True
         return vm
 

@@ -67,6 +67,8 @@ def prepare_script(cwd: str) -> str:
         # crun needs a cgroup2 hierarchy to decide its cgroup mode, even with cgroups disabled
         # (init normally mounts it already).
         "grep -qw cgroup2 /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null || true",
+        "sync",
+        "echo 1 > /proc/sys/vm/drop_caches",
     ]
     return "\n".join(lines) + "\n"
 
@@ -80,7 +82,9 @@ _MOUNT_TRIES = 50
 def template_setup_script() -> str:
     """BusyBox sh, run once in a container template's guest before it is saved: the guest paths of
     the container, crun (from stdin) at :data:`GUEST_CRUN` — no share: a plain directory in the
-    initramfs root — and the tmpfs for the overlay. Everything a restored copy needs but the image."""
+    initramfs root — and the tmpfs for the overlay. Everything a restored copy needs but the image.
+    Last, the page cache is dropped: the kernel read the placeholder disk's first blocks at boot
+    (zeros), and a restored copy's mount of the image must not find them cached (docs/oci.md)."""
     crun = shlex.quote(GUEST_CRUN)
     lines = [
         "set -e",
@@ -91,21 +95,22 @@ def template_setup_script() -> str:
         f"mount -t tmpfs -o mode=0755 vz-oci {GUEST_WORK}",
         f"mkdir -p {GUEST_WORK}/upper {GUEST_WORK}/work {GUEST_ROOTFS}",
         "grep -qw cgroup2 /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null || true",
+        "sync",
+        "echo 1 > /proc/sys/vm/drop_caches",
     ]
     return "\n".join(lines) + "\n"
 
 
 def block_prepare_script(cwd: str) -> str:
     """BusyBox sh, run once per restored VM: ``config.json`` from stdin, the image disk mounted
-    read-only, the overlay on it. The template's guest read the placeholder disk's first blocks
-    while it booted (zeros, still cached), so the page cache is dropped before the mount, and the
-    mount retried after dropping it again (docs/oci.md)."""
+    read-only, the overlay on it. The template dropped the placeholder's cached blocks before it
+    was saved (:func:`template_setup_script`), so the first mount normally reads the image; should
+    stale blocks be cached anyway, the cache is dropped and the mount retried (docs/oci.md)."""
     q = shlex.quote
     mount = f"mount -t ext4 -o ro,noload {IMAGE_DEVICE} {GUEST_IMAGE}"
     lines = [
         "set -e",
         f"cat > {GUEST_CTL}/config.json",
-        "echo 1 > /proc/sys/vm/drop_caches",  # clean page cache only: nothing is dirty, slabs stay
         "n=0",
         f"until {mount} 2>/dev/null; do",
         f"  n=$((n + 1)); [ $n -lt {_MOUNT_TRIES} ] || {{ {mount}; exit 1; }}",
