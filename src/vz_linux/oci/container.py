@@ -257,7 +257,7 @@ class ContainerVm:
 
     def _prepare_block(self) -> None:
         config = (self.cdir / CONFIG_FILE).read_bytes()
-        code, output = self._collect(["/bin/sh", "-c", guest.block_prepare_script(self.state.cwd)], stdin=config)
+        code, output = self._collect(guest.block_prepare(self.state.cwd), stdin=config)
         if code != 0:
             raise OciError(f"mounting the container image's block device in the guest failed (exit {code}): "
                            f"{output.decode(errors='replace').strip()[-500:]}")

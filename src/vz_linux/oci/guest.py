@@ -76,7 +76,6 @@ def prepare_script(cwd: str) -> str:
 # --- the restore path (docs/oci.md, "Fast start: templates and block images") -------------------
 # The image is the VM's first virtio-blk disk: an ext4 built on the host (oci.blockimage), read-only.
 IMAGE_DEVICE = "/dev/vda"
-_MOUNT_TRIES = 50
 
 
 def template_setup_script() -> str:
@@ -101,26 +100,16 @@ def template_setup_script() -> str:
     return "\n".join(lines) + "\n"
 
 
-def block_prepare_script(cwd: str) -> str:
-    """BusyBox sh, run once per restored VM: ``config.json`` from stdin, the image disk mounted
-    read-only, the overlay on it. The template dropped the placeholder's cached blocks before it
-    was saved (:func:`template_setup_script`), so the first mount normally reads the image; should
-    stale blocks be cached anyway, the cache is dropped and the mount retried (docs/oci.md)."""
-    q = shlex.quote
-    mount = f"mount -t ext4 -o ro,noload {IMAGE_DEVICE} {GUEST_IMAGE}"
-    lines = [
-        "set -e",
-        f"cat > {GUEST_CTL}/config.json",
-        "n=0",
-        f"until {mount} 2>/dev/null; do",
-        f"  n=$((n + 1)); [ $n -lt {_MOUNT_TRIES} ] || {{ {mount}; exit 1; }}",
-        "  echo 1 > /proc/sys/vm/drop_caches; sleep 0.02",
-        "done",
-        f"mount -t overlay -o lowerdir={GUEST_IMAGE},upperdir={GUEST_WORK}/upper,"
-        f"workdir={GUEST_WORK}/work vz-oci-rootfs {GUEST_ROOTFS}",
-        f"mkdir -p {q(GUEST_ROOTFS + posixpath.normpath('/' + cwd))}",
-    ]
-    return "\n".join(lines) + "\n"
+def block_prepare(cwd: str, disk: str = IMAGE_DEVICE) -> list[str]:
+    """The agent's ``--oci-prepare`` (guest/agent/mounts.c), once per restored VM, ``config.json`` on
+    its stdin: the image ``disk`` mounted read-only, the overlay on it (upper on the template's tmpfs),
+    ``cwd`` made inside the container's root (resolved there: the image's symlinks cannot point it
+    elsewhere). No shell, no BusyBox: each fork+exec costs tens of ms in a just-restored guest under
+    TCG. The template dropped the placeholder's cached blocks before it was saved
+    (:func:`template_setup_script`); should stale blocks show anyway, the agent drops the page
+    cache and retries the mount (docs/oci.md)."""
+    return [GUEST_AGENT, "--oci-prepare", f"{GUEST_CTL}/config.json", disk, GUEST_IMAGE, GUEST_WORK, GUEST_ROOTFS,
+            posixpath.join("/", cwd)]
 
 
 def cgroup_path(container_id: str) -> str:
