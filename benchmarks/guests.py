@@ -95,7 +95,9 @@ def shell_init_archive(busybox: Path, agent: Path) -> Archive:
 
 
 def floor_archive(busybox: Path, arch: Architecture) -> Archive:
-    """/init finds the agent port, writes one line to it and reboots (QEMU exits): the boot floor."""
+    """/init finds the agent port and writes one line to it: the boot floor. It then waits before it
+    reboots (QEMU exits), so the host can still read QEMU's RSS after the line (the VM is stopped
+    by then); rebooting at once lost that race under load."""
     script = """#!/bin/sh
 export PATH=/bin
 busybox mount -t proc proc /proc
@@ -104,6 +106,7 @@ busybox mount -t devtmpfs dev /dev
 for p in /sys/class/virtio-ports/*; do
   [ "$(busybox cat $p/name)" = org.vz.agent.0 ] && echo "floor $(busybox cat /proc/uptime 2>/dev/null)" > /dev/${p##*/}
 done
+busybox sleep 60
 busybox reboot -f
 """
     return minimal_busybox_archive(busybox, script)

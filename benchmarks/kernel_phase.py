@@ -20,7 +20,7 @@ Named figures (ms): ``kernel_phase_<label>_p50/_p95``, ``boot_to_agent_<label>_p
 timeline and the slowest initcalls (where the kernel phase goes).
 
   .venv/bin/python benchmarks/kernel_phase.py --x86-bundle /tmp/x86 --arm64-bundle /tmp/arm \\
-      --iterations 10 [--study] [--timeline] [--jsonl figures.jsonl]
+      --iterations 10 [--study] [--timeline] [--also before=/tmp/x86-old] [--jsonl figures.jsonl]
 
 The coordinator imports :func:`measure` (and :func:`timeline`).
 """
@@ -85,8 +85,10 @@ class Plan:
     unmeasured: tuple[str, ...]  # variants asked for that this kernel cannot boot (why, in words)
 
 
-def plan(bundles: Mapping[Architecture, Path], work: Path, *, ab: bool = True, study: bool = False) -> Plan:
-    """The guests of one run, x86_64 and arm64 side by side."""
+def plan(bundles: Mapping[Architecture, Path], work: Path, *, ab: bool = True, study: bool = False,
+         also: Mapping[str, Path] | None = None) -> Plan:
+    """The guests of one run, x86_64 and arm64 side by side; ``also``: more bundles as shipped, each
+    labelled ``<arch>_<name>`` (another kernel build of one arch, for an A/B in the same run)."""
     work.mkdir(parents=True, exist_ok=True)
     guests: list[BenchGuest] = []
     unmeasured: list[str] = []
@@ -113,6 +115,10 @@ def plan(bundles: Mapping[Architecture, Path], work: Path, *, ab: bool = True, s
                 shipped, initramfs=initramfs_variant(bundle, Compression.lz4, work)), group=name))
         else:
             unmeasured.append(f"{name}_lz4: the kernel has no CONFIG_RD_LZ4")
+    for label, bundle in (also or {}).items():
+        base = VmConfig.from_bundle(bundle, accel="tcg", memory_mib=256, cpus=1)
+        guests.append(BenchGuest(f"{base.arch.value}_{label}", replace(
+            base, initramfs=initramfs_variant(bundle, Compression.none, work)), group=base.arch.value))
     return Plan(tuple(guests), tuple(unmeasured))
 
 
@@ -131,9 +137,10 @@ def put_figures(figures: Figures, results: Sequence[GuestResult]) -> None:
 
 
 def measure(figures: Figures, bundles: Mapping[Architecture, Path], iterations: int, work: Path, *,
-            ab: bool = True, study: bool = False, timeout_secs: float = 120.0) -> list[GuestResult]:
+            ab: bool = True, study: bool = False, timeout_secs: float = 120.0,
+            also: Mapping[str, Path] | None = None) -> list[GuestResult]:
     """Boot every guest of :func:`plan` ``iterations`` times, interleaved; put the named figures."""
-    p = plan(bundles, work, ab=ab, study=study)
+    p = plan(bundles, work, ab=ab, study=study, also=also)
     for line in p.unmeasured:
         print(f"unmeasured: {line}", flush=True)
 
@@ -201,6 +208,8 @@ def main() -> int:
     ap.add_argument("--timeline", action="store_true", help="also an initcall_debug boot per arch, on and off")
     ap.add_argument("--timeout-secs", type=float, default=120.0)
     ap.add_argument("--jsonl", type=Path, help="append the figures as JSON lines")
+    ap.add_argument("--also", action="append", default=[], metavar="NAME=DIR",
+                    help="another bundle in the same run, labelled <arch>_NAME (e.g. an older kernel build)")
     args = ap.parse_args()
     bundles = {Architecture.x86_64: args.x86_bundle, Architecture.arm64: args.arm64_bundle}
     work = cache_root() / "bench-kernel-phase"
@@ -211,8 +220,9 @@ def main() -> int:
                 off_img = None if tuned else initramfs_variant(bundles[arch], Compression.gzip, work)
                 print_timeline(timeline(bundles[arch], tuned=tuned, initramfs=off_img or initramfs_variant(
                     bundles[arch], Compression.none, work), timeout_secs=args.timeout_secs))
+    also = dict(item.split("=", 1) for item in args.also)
     measure(figures, bundles, args.iterations, work, ab=not args.no_ab, study=args.study,
-            timeout_secs=args.timeout_secs)
+            timeout_secs=args.timeout_secs, also={k: Path(v) for k, v in also.items()})
     if args.jsonl:
         figures.write_jsonl(args.jsonl)
     return 0

@@ -535,6 +535,7 @@ static void usage(void)
             "       vz-agent --mount-api [--quiet]            init: mount /proc, /sys, /dev, /run... (docs/guest.md)\n"
             "       vz-agent --mount-root [--quiet] [--disk DEV]  init: switch to the rootfs share or disk DEV\n"
             "       vz-agent --oci-prepare CONFIG DISK IMAGE WORK ROOTFS CWD  a restored container VM (docs/oci.md)\n"
+            "       vz-agent --mkdir-in ROOT PATH     mkdir -p PATH resolved inside ROOT\n"
             "       vz-agent --version\n",
             SERIAL_NAME, VSOCK_PORT);
 }
@@ -553,7 +554,7 @@ int main(int argc, char **argv)
     if (argc >= 2 && strcmp(argv[1], "--probe") == 0)
         return run_probe(argc - 2, argv + 2);
     if (argc >= 2 && (strcmp(argv[1], "--mount-api") == 0 || strcmp(argv[1], "--mount-root") == 0 ||
-                      strcmp(argv[1], "--oci-prepare") == 0))
+                      strcmp(argv[1], "--oci-prepare") == 0 || strcmp(argv[1], "--mkdir-in") == 0))
         return mounts_main(argc, argv);
     if (argc == 3 && strcmp(argv[1], "--listen") == 0) {
         if (strncmp(argv[2], "unix:", 5) == 0 && argv[2][5]) {

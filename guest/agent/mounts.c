@@ -22,7 +22,9 @@
  * --oci-prepare (a container VM restored from its template, docs/oci.md "Fast start"): config.json
  * from stdin, the image disk mounted read-only, the overlay on it and the container's working
  * directory made inside it (resolved in the container's root: an image's symlink cannot point it
- * elsewhere). Exit codes: 0 done; 1 bad usage; 2 a step failed (said on stderr). */
+ * elsewhere). Exit codes: 0 done; 1 bad usage; 2 a step failed (said on stderr).
+ *
+ * --mkdir-in ROOT PATH: only that last step (a cold-booted container VM, whose image is a share). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -413,11 +415,24 @@ static int mkdir_p_in(int root, const char *rel)
     return 0;
 }
 
+/* The container's working directory `cwd` made inside its root `rootfs` (--mkdir-in). */
+static int workdir_in(const char *rootfs, const char *cwd)
+{
+    int root = open(rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC), rc;
+    if (root < 0)
+        return fail("opening", rootfs);
+    while (*cwd == '/')
+        cwd++;
+    rc = mkdir_p_in(root, *cwd ? cwd : ".");
+    close(root);
+    return rc == 0 ? 0 : fail("making the working directory", cwd);
+}
+
 static int oci_prepare(const char *config, const char *disk, const char *image, const char *work,
                        const char *rootfs, const char *cwd)
 {
     char data[1024];
-    int tries = 0, root, rc;
+    int tries = 0, rc;
     if ((rc = write_stdin_to(config)) != 0)
         return rc;
     /* A template saved with the placeholder's blocks cached would show them instead of the image. */
@@ -434,20 +449,20 @@ static int oci_prepare(const char *config, const char *disk, const char *image, 
     }
     if (mount("vz-oci-rootfs", rootfs, "overlay", 0, data) != 0)
         return fail("mounting the overlay on", rootfs);
-    root = open(rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (root < 0)
-        return fail("opening", rootfs);
-    while (*cwd == '/')
-        cwd++;
-    rc = mkdir_p_in(root, *cwd ? cwd : ".");
-    close(root);
-    return rc == 0 ? 0 : fail("making the working directory", cwd);
+    return workdir_in(rootfs, cwd);
 }
 
 int mounts_main(int argc, char **argv)
 {
     const char *disk = NULL;
     int api = strcmp(argv[1], "--mount-api") == 0;
+    if (strcmp(argv[1], "--mkdir-in") == 0) {
+        if (argc != 4 || argv[2][0] != '/' || argv[3][0] != '/') {
+            fprintf(stderr, "vz-agent: usage: --mkdir-in ROOT PATH (absolute paths)\n");
+            return 1;
+        }
+        return workdir_in(argv[2], argv[3]);
+    }
     if (strcmp(argv[1], "--oci-prepare") == 0) {
         if (argc != 8 || argv[2][0] != '/' || argv[3][0] != '/' || argv[4][0] != '/' || argv[5][0] != '/' ||
             argv[6][0] != '/' || argv[7][0] != '/') {

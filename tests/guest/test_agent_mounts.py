@@ -165,7 +165,15 @@ def test_oci_prepare_failures_say_what_and_exit_2(tree: Path, image_loop: str) -
     # Not an ext4 disk at all (tries, then gives up): exit 2.
     r = in_guest_ns(tree, _oci_prepare_script("/dev/null", "/"))
     assert r.stdout.split() == ["rc=2"] and "mounting the image disk /dev/null" in r.stderr, (r.stdout, r.stderr)
+    # --mkdir-in (the cold path's last step) refuses the same way, and makes a plain one.
+    r = in_guest_ns(tree, _oci_prepare_script(image_loop, "/") + f"/sbin/vz-agent --mkdir-in {guest.GUEST_ROOTFS} "
+                    f"/ctl/made; echo rc=$?; /sbin/vz-agent --mkdir-in {guest.GUEST_ROOTFS} /up/a/b; echo rc=$?; "
+                    f"ls -d {guest.GUEST_ROOTFS}/a/b /run/vz-oci/made 2>&1")
+    assert r.stdout.split()[:3] == ["rc=0", "rc=2", "rc=0"], (r.stdout, r.stderr)
+    assert f"{guest.GUEST_ROOTFS}/a/b" in r.stdout.splitlines() and "/run/vz-oci/made: No such file" in r.stdout
+    assert guest.prepare_script("/w d").splitlines()[7] == f"{guest.GUEST_AGENT} --mkdir-in {guest.GUEST_ROOTFS} '/w d'"
     # Relative paths or a wrong count: usage, exit 1.
-    r = in_guest_ns(tree, "/sbin/vz-agent --oci-prepare a b c d e f; echo rc=$?")
-    assert r.stdout.split() == ["rc=1"] and "usage" in r.stderr
+    r = in_guest_ns(tree, "/sbin/vz-agent --oci-prepare a b c d e f; echo rc=$?; /sbin/vz-agent --mkdir-in / a; "
+                          "echo rc=$?")
+    assert r.stdout.split() == ["rc=1", "rc=1"] and "usage" in r.stderr
     assert guest.block_prepare("/")[:2] == [guest.GUEST_AGENT, "--oci-prepare"]

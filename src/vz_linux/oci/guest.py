@@ -62,8 +62,9 @@ def prepare_script(cwd: str) -> str:
         f"mkdir -p {GUEST_WORK}/upper {GUEST_WORK}/work {GUEST_ROOTFS}",
         f"mount -t overlay -o lowerdir={GUEST_IMAGE},upperdir={GUEST_WORK}/upper,"
         f"workdir={GUEST_WORK}/work vz-oci-rootfs {GUEST_ROOTFS}",
-        # A working directory the image lacks is created, as Docker does for WORKDIR.
-        f"mkdir -p {q(GUEST_ROOTFS + posixpath.normpath('/' + cwd))}",
+        # A working directory the image lacks is created, as Docker does for WORKDIR, inside the
+        # container's root (resolved there: not through the image's symlinks into the guest).
+        " ".join(q(a) for a in (GUEST_AGENT, "--mkdir-in", GUEST_ROOTFS, posixpath.join("/", cwd))),
         # crun needs a cgroup2 hierarchy to decide its cgroup mode, even with cgroups disabled
         # (init normally mounts it already).
         "grep -qw cgroup2 /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null || true",
