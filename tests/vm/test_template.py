@@ -91,6 +91,9 @@ def test_run_makes_the_template_then_restores_it(made: Made) -> None:
     run, shared_cache, first = made.cli, made.cli.cache, made.first
     assert (first.returncode, first.stdout) == (5, "hello\n"), first.stderr
     assert MADE in first.stderr and "oops" in first.stderr
+    # Before the save the guest's free memory was zeroed (most of a 256 MiB guest; 0 = it failed).
+    zeroed = re.search(r"made template \w+ in .* (\d+) MiB of free guest memory zeroed", first.stderr)
+    assert zeroed and 100 < int(zeroed[1]) <= 512, first.stderr
     second = run("--", "sh", "-c", "echo again")
     assert (second.returncode, second.stdout) == (0, "again\n"), second.stderr
     assert MADE not in second.stderr

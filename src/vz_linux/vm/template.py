@@ -29,7 +29,7 @@ from .snapshot import file_info, open_snapshot, vm_shape
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_SCHEMA = 1
+TEMPLATE_SCHEMA = 2  # 2: free guest memory zeroed before the save
 # A template is made by one cold boot; others wait for it rather than boot alongside.
 LOCK_TIMEOUT_S = 600.0
 _PLACEHOLDER = Path("/vz-template")  # socket paths are named away by vm_shape; any path keys alike
@@ -60,6 +60,35 @@ class TemplateBuild:
 
 # What a template's maker does in the ready guest before saving it (an OCI template: copy crun in).
 Setup = Callable[[LinuxVm], None]
+
+# Last before the save: the guest's free pages zeroed (BusyBox sh). Pages the boot touched and freed
+# (the initramfs archive once unpacked, init memory) still hold data, so the save writes them and
+# every restore loads them; migration skips zero pages, so zeroed they cost neither. Clean caches
+# are dropped first, then a tmpfs filled with zeros (the allocator hands out the recently freed pages
+# first) and removed; at most 512 MiB, 8 MiB left free. Prints the MiB zeroed. Measured: state
+# 31.5 → 27.4 MB, RSS of a restored VM 4 MiB less, 0.4 s more per template (docs/vm.md).
+_ZERO_FREE_MEMORY = (
+    "sync; echo 3 > /proc/sys/vm/drop_caches; "
+    "n=$(awk '/^MemFree:/ { n = int($2 / 1024) - 8; print (n > 512 ? 512 : n) }' /proc/meminfo); "
+    "[ \"$n\" -gt 0 ] || exit 0; "
+    # its own tmpfs: /dev/shm holds at most half the RAM
+    "d=/run/.vz-zero; mkdir -p $d && mount -t tmpfs -o size=\"$n\"m vz-zero $d || exit 1; "
+    "dd if=/dev/zero of=$d/z bs=1M count=\"$n\" 2>&1; rc=$?; umount $d; rmdir $d; "
+    "[ $rc -eq 0 ] && echo \"$n\""
+)
+
+
+def zero_free_memory(vm: LinuxVm, timeout: float) -> int:
+    """Zero the ready guest's free memory before a save (:data:`_ZERO_FREE_MEMORY`); the MiB zeroed,
+    0 when the guest could not (the template is still good, only larger: logged)."""
+    r = vm.agent.exec_collect(["/bin/sh", "-c", _ZERO_FREE_MEMORY], timeout=timeout, max_output=4096)
+    text = r.stdout.decode(errors="replace").strip()
+    last = text.splitlines()[-1] if text else ""  # dd's own lines (its errors too) come first
+    if not r.ok or not last.isdigit():
+        log.warning("could not zero the template guest's free memory (exit %s): %s", r.exit_code,
+                    (text + r.stderr.decode(errors="replace")).strip()[-200:])
+        return 0
+    return int(last)
 
 
 def template_for(config: VmConfig, known_sha256: Mapping[Path, str] | None = None,
@@ -122,11 +151,12 @@ def _make(template: Template, config: VmConfig, timeout: float, setup: Setup | N
         vm.wait_for_agent(timeout)
         if setup is not None:
             setup(vm)
+        zeroed = zero_free_memory(vm, timeout)
         manifest = vm.save(template.path, resume=False, timeout=timeout)
     build = TemplateBuild(template.path, time.monotonic() - started,
                           sum(p.stat().st_blocks * 512 for p in template.path.iterdir()))
-    log.info("made template %s in %.1f s (%.0f MiB on disk)", template.key[:16], build.seconds,
-             build.disk_bytes / 2**20)
+    log.info("made template %s in %.1f s (%.0f MiB on disk, %d MiB of free guest memory zeroed)",
+             template.key[:16], build.seconds, build.disk_bytes / 2**20, zeroed)
     return manifest.id, build
 
 
