@@ -83,8 +83,9 @@ def template_setup_script() -> str:
     """BusyBox sh, run once in a container template's guest before it is saved: the guest paths of
     the container, crun (from stdin) at :data:`GUEST_CRUN` — no share: a plain directory in the
     initramfs root — and the tmpfs for the overlay. Everything a restored copy needs but the image.
-    Last, the page cache is dropped: the kernel read the placeholder disk's first blocks at boot
-    (zeros), and a restored copy's mount of the image must not find them cached (docs/oci.md)."""
+    The placeholder disk's first blocks, which the kernel read at boot (zeros), are not cached in
+    the saved guest: every template's save drops the clean page cache first
+    (:func:`vz_linux.vm.template.zero_free_memory`), so a restored copy's mount reads the image."""
     crun = shlex.quote(GUEST_CRUN)
     lines = [
         "set -e",
@@ -95,8 +96,6 @@ def template_setup_script() -> str:
         f"mount -t tmpfs -o mode=0755 vz-oci {GUEST_WORK}",
         f"mkdir -p {GUEST_WORK}/upper {GUEST_WORK}/work {GUEST_ROOTFS}",
         "grep -qw cgroup2 /proc/mounts || mount -t cgroup2 cgroup2 /sys/fs/cgroup 2>/dev/null || true",
-        "sync",
-        "echo 1 > /proc/sys/vm/drop_caches",
     ]
     return "\n".join(lines) + "\n"
 
@@ -107,7 +106,7 @@ def block_prepare(cwd: str, disk: str = IMAGE_DEVICE) -> list[str]:
     ``cwd`` made inside the container's root (resolved there: the image's symlinks cannot point it
     elsewhere). No shell, no BusyBox: each fork+exec costs tens of ms in a just-restored guest under
     TCG. The template dropped the placeholder's cached blocks before it was saved
-    (:func:`template_setup_script`); should stale blocks show anyway, the agent drops the page
+    (:func:`vz_linux.vm.template.zero_free_memory`); should stale blocks show anyway, the agent drops the page
     cache and retries the mount (docs/oci.md)."""
     return [GUEST_AGENT, "--oci-prepare", f"{GUEST_CTL}/config.json", disk, GUEST_IMAGE, GUEST_WORK, GUEST_ROOTFS,
             posixpath.join("/", cwd)]

@@ -61,7 +61,8 @@ class TemplateBuild:
 # What a template's maker does in the ready guest before saving it (an OCI template: copy crun in).
 Setup = Callable[[LinuxVm], None]
 
-# Last before the save: the guest's free pages zeroed (BusyBox sh). Pages the boot touched and freed
+# Last before the save: clean caches dropped (an OCI template's placeholder disk blocks among them:
+# oci/guest.py) and the guest's free pages zeroed (BusyBox sh). Pages the boot touched and freed
 # (the initramfs archive once unpacked, init memory) still hold data, so the save writes them and
 # every restore loads them; migration skips zero pages, so zeroed they cost neither. Clean caches
 # are dropped first, then a tmpfs filled with zeros (the allocator hands out the recently freed pages
